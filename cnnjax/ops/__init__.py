@@ -1,0 +1,37 @@
+"""Pure JAX operations: convolution backends, correlation/convolution, pooling, dense-to-conv.
+
+Activations are channels-last (N, *spatial, C); kernels are (*spatial, Cin // groups, Cout).
+Nothing here knows about Flax.
+"""
+
+from cnnjax.ops._gemm import col2im, im2col
+from cnnjax.ops.conv import (
+    BACKENDS,
+    ConvGeometry,
+    conv,
+    conv2d,
+    conv_cost,
+    conv_geometry,
+    select_backend,
+)
+from cnnjax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
+from cnnjax.ops.signal import convolve2d, correlate2d
+
+__all__ = [
+    "BACKENDS",
+    "ConvGeometry",
+    "avg_pool",
+    "col2im",
+    "conv",
+    "conv2d",
+    "conv_cost",
+    "conv_geometry",
+    "convolve2d",
+    "correlate2d",
+    "global_avg_pool",
+    "global_max_pool",
+    "im2col",
+    "lp_pool",
+    "max_pool",
+    "select_backend",
+]

@@ -1,0 +1,1 @@
+"""absl-flag programs that wire the cnnjax library together: training, studies, benchmarks."""

@@ -1,0 +1,330 @@
+"""conv2d backends against independent float64 references (NumPy loops and scipy.signal)."""
+
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from cnnjax import ops
+from cnnjax.ops import _args
+from tests import reference
+
+BACKENDS = ["xla", "fft", "gemm"]
+TOL = {"xla": 1e-5, "gemm": 1e-5, "fft": 1e-4, "winograd": 1e-5}
+PADDINGS = ["SAME", "VALID", 1, (2, 1), ((1, 2), (0, 3)), "same"]
+MODES = ["zeros", "reflect", "circular"]
+# (groups, cin, cout): plain, grouped, depthwise (groups == cin, channel multiplier 2).
+GROUPINGS = [(1, 3, 5), (2, 4, 6), (4, 4, 8)]
+
+
+def _cases():
+    cases = []
+    for i, (k, s, d) in enumerate(itertools.product([1, 2, 3, 5, 7], [1, 2, 3], [1, 2])):
+        groups, cin, cout = GROUPINGS[i % 3]
+        padding = PADDINGS[i % len(PADDINGS)]
+        mode = MODES[(i // 2) % 3] if padding != "VALID" else "zeros"
+        h, w = (15, 16) if i % 2 else (16, 13)  # odd and even sizes
+        cases.append((k, s, d, groups, cin, cout, h, w, padding, mode))
+    return cases
+
+
+CASES = _cases()
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
+
+
+def _data(case, seed=0):
+    k, s, d, groups, cin, cout, h, w, padding, _ = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, w, cin)).astype(np.float32)
+    kw = max(k - 1, 1)  # non-square kernels too
+    wt = rng.standard_normal((k, kw, cin // groups, cout)).astype(np.float32)
+    geom = ops.conv_geometry(
+        x.shape, wt.shape, stride=s, padding=padding, dilation=d, groups=groups
+    )
+    return x, wt, geom
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "k{}s{}d{}g{}-{}-{}".format(*c[:4], c[8], c[9])
+)
+def test_forward_matches_numpy_reference(case, backend):
+    x, w, geom = _data(case)
+    *_, padding, mode = case
+    out = ops.conv2d(
+        x,
+        w,
+        stride=case[1],
+        padding=padding,
+        dilation=case[2],
+        groups=case[3],
+        padding_mode=mode,
+        backend=backend,
+    )
+    ref = reference.conv2d(x, w, geom.pads, geom.stride, geom.dilation, geom.groups, mode)
+    assert out.shape == ref.shape == geom.out_shape
+    assert out.dtype == jnp.float32
+    assert _rel_err(out, ref) <= TOL[backend]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case", CASES[::2], ids=lambda c: "k{}s{}d{}g{}-{}-{}".format(*c[:4], c[8], c[9])
+)
+def test_gradients_match_numpy_adjoint(case, backend):
+    x, w, geom = _data(case, seed=1)
+    *_, padding, mode = case
+    gout = np.random.default_rng(2).standard_normal(geom.out_shape).astype(np.float32)
+
+    def loss(x, w):
+        y = ops.conv2d(
+            x,
+            w,
+            stride=case[1],
+            padding=padding,
+            dilation=case[2],
+            groups=case[3],
+            padding_mode=mode,
+            backend=backend,
+        )
+        return jnp.sum(y * gout)
+
+    dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+    rdx, rdw = reference.conv2d_grads(
+        x, w, gout, geom.pads, geom.stride, geom.dilation, geom.groups, mode
+    )
+    tol = 10 * TOL[backend]  # gradients sum over more terms than the forward pass
+    assert _rel_err(dx, rdx) <= tol
+    assert _rel_err(dw, rdw) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scipy_reference_multichannel(backend):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 12, 11, 3)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 2)).astype(np.float32)
+    out = ops.conv2d(x, w, padding="VALID", backend=backend)[0]
+    ref = np.stack(
+        [
+            sum(
+                signal.correlate2d(x[0, :, :, c].astype(np.float64), w[:, :, c, o], "valid")
+                for c in range(3)
+            )
+            for o in range(2)
+        ],
+        axis=-1,
+    )
+    assert _rel_err(out, ref) <= TOL[backend]
+
+
+def test_gemm_gradient_equals_xla_autodiff():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 10, 9, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 2, 6)).astype(np.float32)
+
+    def loss(backend):
+        f = lambda x, w: jnp.sum(jnp.tanh(ops.conv2d(x, w, stride=2, groups=2, backend=backend)))
+        return jax.grad(f, argnums=(0, 1))(x, w)
+
+    for a, b in zip(loss("gemm"), loss("xla"), strict=True):
+        assert _rel_err(a, b) <= 1e-5
+
+
+def test_gemm_backward_is_the_custom_vjp():
+    # The backward pass of the gemm backend must be the hand-written one (colsᵀ·E, col2im).
+    x = jnp.ones((1, 5, 5, 2))
+    w = jnp.ones((3, 3, 2, 4))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(ops.conv2d(x, w, backend="gemm"))))(w))
+    assert jaxpr.count("dot_general") >= 2  # forward product and colsᵀ·E
+    assert "conv_general_dilated" not in jaxpr
+
+
+def test_im2col_col2im_are_adjoint():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    args = ((3, 2), (2, 1), (1, 2))
+    cols = ops.im2col(x, *args)
+    c = rng.standard_normal(cols.shape).astype(np.float32)
+    lhs = float(jnp.vdot(cols, c))
+    rhs = float(jnp.vdot(x, ops.col2im(c, x.shape[1:3], *args)))
+    assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
+def test_winograd_backend_matches_reference(padding):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 11, 8, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 5, 7)).astype(np.float32)
+    geom = ops.conv_geometry(x.shape, w.shape, padding=padding)
+    out = ops.conv2d(x, w, padding=padding, backend="winograd")
+    ref = reference.conv2d(x, w, geom.pads, (1, 1), (1, 1), 1)
+    assert _rel_err(out, ref) <= TOL["winograd"]
+    gout = rng.standard_normal(ref.shape).astype(np.float32)
+    grads = jax.grad(
+        lambda x, w: jnp.sum(ops.conv2d(x, w, padding=padding, backend="winograd") * gout), (0, 1)
+    )(x, w)
+    for a, b in zip(
+        grads, reference.conv2d_grads(x, w, gout, geom.pads, (1, 1), (1, 1), 1), strict=True
+    ):
+        assert _rel_err(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "winograd", "auto"])
+def test_jit_vmap_grad_and_bfloat16(backend):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 2, 10, 10, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    f = jax.jit(lambda x, w: ops.conv2d(x, w, backend=backend))
+    batched = jax.vmap(f, in_axes=(0, None))(x, w)
+    looped = np.stack([ops.conv2d(xi, w) for xi in x])
+    assert _rel_err(batched, looped) <= TOL[backend if backend != "auto" else "xla"]
+    g = jax.grad(lambda w: jnp.sum(f(x[0], w) ** 2))(w)
+    g_ref = jax.grad(lambda w: jnp.sum(ops.conv2d(x[0], w) ** 2))(w)
+    assert _rel_err(g, g_ref) <= 1e-4
+    xb, wb = x[0].astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    yb = ops.conv2d(xb, wb, backend=backend)
+    assert yb.dtype == jnp.bfloat16
+    assert _rel_err(yb.astype(np.float32), looped[0]) <= 3e-2
+
+
+def test_conv_1d_and_3d():
+    rng = np.random.default_rng(8)
+    x1 = rng.standard_normal((2, 20, 3)).astype(np.float32)
+    w1 = rng.standard_normal((5, 3, 2)).astype(np.float32)
+    for backend in BACKENDS:
+        y = ops.conv(x1, w1, padding="VALID", stride=2, backend=backend)
+        ref = reference.conv2d(x1[:, :, None], w1[:, None], ((0, 0), (0, 0)), (2, 1), (1, 1), 1)[
+            :, :, 0
+        ]
+        assert _rel_err(y, ref) <= TOL[backend]
+    x3 = rng.standard_normal((1, 6, 7, 5, 2)).astype(np.float32)
+    w3 = rng.standard_normal((3, 2, 3, 2, 4)).astype(np.float32)
+    ys = [ops.conv(x3, w3, padding="SAME", backend=b) for b in BACKENDS]
+    ref = sum(
+        signal.correlate(
+            np.pad(x3[0, ..., c].astype(np.float64), [(1, 1), (0, 1), (1, 1)]),
+            w3[..., c, o],
+            "valid",
+        )[..., None]
+        * np.eye(4)[o]
+        for c in range(2)
+        for o in range(4)
+    )
+    for backend, y in zip(BACKENDS, ys, strict=True):
+        assert _rel_err(y[0], ref) <= TOL[backend]
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("kshape", [(3, 3), (2, 4), (5, 2)])
+def test_correlate_and_convolve_match_scipy(mode, kshape):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((9, 11)).astype(np.float32)
+    k = rng.standard_normal(kshape).astype(np.float32)
+    corr = ops.correlate2d(x, k, mode)
+    conv = ops.convolve2d(x, k, mode)
+    assert _rel_err(corr, signal.correlate2d(x.astype(np.float64), k, mode)) <= 1e-5
+    assert _rel_err(conv, signal.convolve2d(x.astype(np.float64), k, mode)) <= 1e-5
+    if mode != "same":  # "same" centres even kernels differently for the two operations
+        np.testing.assert_allclose(conv, ops.correlate2d(x, k[::-1, ::-1], mode), atol=1e-6)
+    assert not np.allclose(conv, corr, atol=1e-3)  # the flip matters for these kernels
+
+
+def test_correlate_batched_multichannel():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 8, 7, 3)).astype(np.float32)
+    k2 = rng.standard_normal((3, 2)).astype(np.float32)
+    per_channel = ops.convolve2d(x, k2, "valid")
+    for n, c in itertools.product(range(2), range(3)):
+        ref = signal.convolve2d(x[n, :, :, c].astype(np.float64), k2, "valid")
+        assert _rel_err(per_channel[n, :, :, c], ref) <= 1e-5
+    k4 = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    mixed = ops.correlate2d(x[0], k4, "same")
+    assert mixed.shape == (8, 7, 4)
+    ref = sum(
+        signal.correlate2d(x[0, :, :, c].astype(np.float64), k4[:, :, c, 1], "same")
+        for c in range(3)
+    )
+    assert _rel_err(mixed[..., 1], ref) <= 1e-5
+
+
+def test_auto_backend_cost_model():
+    small = ops.select_backend((8, 64, 64, 16), (3, 3, 16, 16))
+    large = ops.select_backend((8, 64, 64, 16), (15, 15, 16, 16))
+    assert (small, large) == ("xla", "fft")
+    costs = ops.conv_cost(ops.conv_geometry((8, 64, 64, 16), (15, 15, 16, 16)))
+    assert costs["fft"] < costs["xla"]
+    # "auto" computes the same numbers as the backend it names.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 32, 32, 4)).astype(np.float32)
+    w = rng.standard_normal((15, 15, 4, 4)).astype(np.float32)
+    assert ops.select_backend(x.shape, w.shape) == "fft"
+    np.testing.assert_array_equal(ops.conv2d(x, w, backend="auto"), ops.conv2d(x, w, backend="fft"))
+
+
+BAD_INPUTS = [
+    (dict(x=(1, 8, 8), w=(3, 3, 3, 4)), ValueError, "`x` must have rank 4"),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 4)), ValueError, "`w` must have rank 4"),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 2, 4)), ValueError, "channel mismatch"),
+    (
+        dict(x=(1, 8, 8, 4), w=(3, 3, 2, 6), groups=3),
+        ValueError,
+        "`groups`=3 must divide the input channels",
+    ),
+    (dict(x=(1, 8, 8, 4), w=(3, 3, 2, 5), groups=2), ValueError, "must divide the output channels"),
+    (
+        dict(x=(1, 4, 4, 3), w=(7, 7, 3, 4), padding="VALID"),
+        ValueError,
+        "`w` is larger than the padded input",
+    ),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), stride=0), ValueError, "`stride` must be positive"),
+    (
+        dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), dilation=(1, -1)),
+        ValueError,
+        "`dilation` must be positive",
+    ),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), padding="FULL"), ValueError, "unknown string 'FULL'"),
+    (
+        dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), padding_mode="edge"),
+        ValueError,
+        "`padding_mode` must be one of",
+    ),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), backend="cudnn"), ValueError, "`backend` must be one of"),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), backend="winograd", stride=2), ValueError, "F(2x2, 3x3)"),
+    (dict(x=(1, 8, 8, 3), w=(3, 3, 3, 4), padding=((1, 1),)), ValueError, "`padding` must be"),
+    (
+        dict(x=(1, 3, 3, 1), w=(3, 3, 1, 1), padding=3, padding_mode="reflect"),
+        ValueError,
+        "reflect",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "fragment"), BAD_INPUTS, ids=lambda v: str(v)[:40])
+def test_bad_input_gets_a_clear_error(kwargs, error, fragment):
+    kwargs = dict(kwargs)
+    x = jnp.zeros(kwargs.pop("x"))
+    w = jnp.zeros(kwargs.pop("w"))
+    with pytest.raises(error, match=re.escape(fragment)):
+        ops.conv2d(x, w, **kwargs)
+
+
+def test_integer_and_mixed_dtypes_are_rejected():
+    with pytest.raises(TypeError, match="`x` must have a floating-point dtype"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 1), jnp.int32), jnp.zeros((3, 3, 1, 1)))
+    with pytest.raises(TypeError, match="`w` must have a floating-point dtype"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1), jnp.int8))
+    with pytest.raises(TypeError, match="must share a dtype"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1), jnp.bfloat16))
+
+
+def test_same_padding_rule():
+    assert _args.same_pads((7,), (4,), (2,), (1,)) == ((1, 2),)
+    assert ops.conv_geometry((1, 7, 8, 1), (3, 3, 1, 1), stride=2).out_shape == (1, 4, 4, 1)
