@@ -5,6 +5,19 @@ when a TFDS or image-folder dataset is requested).
 """
 
 from cnnjax import ops
+from cnnjax.receptive_field import (
+    ReceptiveField,
+    empirical_receptive_field,
+    receptive_field,
+    receptive_field_table,
+)
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "ops"]
+__all__ = [
+    "ReceptiveField",
+    "__version__",
+    "empirical_receptive_field",
+    "ops",
+    "receptive_field",
+    "receptive_field_table",
+]

@@ -14,6 +14,7 @@ from cnnjax.ops.conv import (
     conv_geometry,
     select_backend,
 )
+from cnnjax.ops.dense import dense_to_conv
 from cnnjax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
 from cnnjax.ops.signal import convolve2d, correlate2d
 
@@ -28,6 +29,7 @@ __all__ = [
     "conv_geometry",
     "convolve2d",
     "correlate2d",
+    "dense_to_conv",
     "global_avg_pool",
     "global_max_pool",
     "im2col",
