@@ -1,0 +1,99 @@
+"""The model zoo: ``get_model(name, **overrides)`` returns a Flax module.
+
+Every model takes NHWC images of any size above its minimum and is called as
+``model.apply(variables, x, train=False, return_features=False)``; with
+``return_features=True`` it returns ``(logits, features)``, a dict of named intermediate
+activations in computation order. Overrides are the module's attributes: ``width``,
+``num_classes``, ``dropout``, ``batch_norm``, ``downsample="pool"|"stride"``,
+``conv_backend``, ``dtype``, ``param_dtype`` and per-family ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.models.allcnn import AllCNN
+from cnnjax.models.inception import GoogLeNetSmall, SmallInception
+from cnnjax.models.nin import NiN
+
+_VARIANTS = {  # All-CNN paper name -> (extra 3x3 conv per block, downsampling)
+    "model": (False, "pool"),
+    "strided_cnn": (False, "stride"),
+    "convpool_cnn": (True, "pool"),
+    "all_cnn": (True, "stride"),
+}
+
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    f"{variant}_{base}": (AllCNN, dict(base=base, extra_conv=extra, downsample=down))
+    for base in "abc"
+    for variant, (extra, down) in _VARIANTS.items()
+}
+_REGISTRY.update(
+    nin=(NiN, {}),
+    small_inception=(SmallInception, {}),
+    googlenet_small=(GoogLeNetSmall, {}),
+)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`get_model`."""
+    return sorted(_REGISTRY)
+
+
+def model_fields(name: str) -> list[str]:
+    """The overrides a model accepts."""
+    cls, _ = _lookup(name)
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def _lookup(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}.")
+    return _REGISTRY[name]
+
+
+def get_model(name: str, **overrides: Any) -> nn.Module:
+    """The registered model ``name`` with attribute ``overrides`` (e.g. ``width=0.5``)."""
+    cls, defaults = _lookup(name)
+    valid = model_fields(name)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown override(s) {unknown} for model {name!r}; valid: {', '.join(valid)}."
+        )
+    return cls(**{**defaults, **overrides})
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter pytree (weights and biases, BatchNorm scale/shift)."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def count_flops(model: nn.Module, image_shape=(32, 32, 3)) -> float:
+    """Forward-pass FLOPs for one image (XLA's cost analysis; a multiply-add counts as 2)."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    apply = jax.jit(lambda v, x: model.apply(v, x))
+    cost = apply.lower(variables, x).cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+__all__ = [
+    "AllCNN",
+    "GoogLeNetSmall",
+    "NiN",
+    "SmallInception",
+    "count_flops",
+    "count_params",
+    "get_model",
+    "list_models",
+    "model_fields",
+]

@@ -1,0 +1,59 @@
+"""Pieces shared by the model zoo: feature recording, widths, dropout, downsampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from cnnjax import ops
+from cnnjax.nn import ConvBNAct
+
+DOWNSAMPLE = ("pool", "stride")
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count scaled by a width multiplier (at least 1)."""
+    return max(1, round(channels * width))
+
+
+def check_input(x: jnp.ndarray, model: str) -> None:
+    if jnp.ndim(x) != 4:
+        raise ValueError(
+            f"`x` for {model} must be a batch of images (N, H, W, C), got shape {jnp.shape(x)}."
+        )
+    ops._args.check_float(x, "x")
+
+
+def check_downsample(value: str) -> None:
+    if value not in DOWNSAMPLE:
+        raise ValueError(f"`downsample` must be one of {DOWNSAMPLE}, got {value!r}.")
+
+
+def keep(features: dict[str, jnp.ndarray], name: str, x: jnp.ndarray) -> jnp.ndarray:
+    """Records a named intermediate activation (dicts keep computation order) and passes it on."""
+    features[name] = x
+    return x
+
+
+def downsample_layer(
+    x: jnp.ndarray,
+    *,
+    kind: str,
+    name: str,
+    train: bool,
+    pool: str = "max",
+    batch_norm: bool = False,
+    backend: str = "xla",
+    dtype: Any = None,
+) -> jnp.ndarray:
+    """Halves H and W: a 3×3 stride-2 pool, or a learned 3×3 stride-2 convolution in its place.
+
+    Both use one pixel of padding on each side, so 32 -> 16 -> 8 for either choice.
+    """
+    if kind == "pool":
+        fn = ops.max_pool if pool == "max" else ops.avg_pool
+        return fn(x, 3, 2, 1)
+    return ConvBNAct(
+        x.shape[-1], 3, 2, 1, batch_norm=batch_norm, backend=backend, dtype=dtype, name=name
+    )(x, train)

@@ -1,0 +1,164 @@
+"""Inception networks for small images.
+
+``SmallInception``: the CIFAR-10 network of Zhang et al. (2017, "Understanding deep learning
+requires rethinking generalization", appendix), built from conv-BN-ReLU modules:
+
+* Inception(a, b) = concat(1×1 conv a, 3×3 conv b);
+* Downsample(c) = concat(3×3 stride-2 conv c, 3×3 stride-2 max-pool);
+* Conv(96) → Inc(32,32) → Inc(32,48) → Down(80) → Inc(112,48) → Inc(96,64) → Inc(80,80)
+  → Inc(48,96) → Down(96) → Inc(176,160) ×2 → global mean pool → Dense(classes).
+
+``GoogLeNetSmall``: a GoogLeNet-style network for 32×32 inputs from the v1 module
+(:class:`cnnjax.nn.Inception`) with the paper's inception(3a), (3b) and (4a) widths:
+3×3 conv 192 → 3a (256) → 3b (480) → downsample → 4a (512) → downsample → global average
+pool → dropout 40 % → Dense(classes).
+
+With ``downsample="stride"`` every max-pool is replaced by a 3×3 stride-2 conv that keeps the
+channel count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax import ops
+from cnnjax.models._common import (
+    check_downsample,
+    check_input,
+    downsample_layer,
+    keep,
+    scaled,
+)
+from cnnjax.nn import ConvBNAct, Inception
+
+ZHANG_LAYOUT = (
+    ("inc", 32, 32),
+    ("inc", 32, 48),
+    ("down", 80),
+    ("inc", 112, 48),
+    ("inc", 96, 64),
+    ("inc", 80, 80),
+    ("inc", 48, 96),
+    ("down", 96),
+    ("inc", 176, 160),
+    ("inc", 176, 160),
+)
+
+# GoogLeNet Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
+GOOGLENET_WIDTHS = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+}
+
+
+class SmallInception(nn.Module):
+    """Zhang et al.'s small Inception. Intermediates: ``stem``, ``inc1``…``inc8``,
+    ``down1``, ``down2``, ``pooled``, ``logits``."""
+
+    num_classes: int = 10
+    width: float = 1.0
+    batch_norm: bool = True
+    downsample: str = "pool"
+    conv_backend: str = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        check_input(x, "SmallInception")
+        check_downsample(self.downsample)
+        feats = {}
+
+        def cba(c, k, stride=1, name=None):
+            pad = "SAME" if stride == 1 else 1
+            return ConvBNAct(
+                scaled(c, self.width),
+                k,
+                stride,
+                pad,
+                batch_norm=self.batch_norm,
+                backend=self.conv_backend,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        x = keep(feats, "stem", cba(96, 3, name="stem")(x, train))
+        n_inc = n_down = 0
+        for spec in ZHANG_LAYOUT:
+            if spec[0] == "inc":
+                n_inc += 1
+                a = cba(spec[1], 1, name=f"inc{n_inc}_1x1")(x, train)
+                b = cba(spec[2], 3, name=f"inc{n_inc}_3x3")(x, train)
+                x = keep(feats, f"inc{n_inc}", jnp.concatenate([a, b], axis=-1))
+            else:
+                n_down += 1
+                conv = cba(spec[1], 3, stride=2, name=f"down{n_down}_conv")(x, train)
+                other = downsample_layer(
+                    x,
+                    kind=self.downsample,
+                    name=f"down{n_down}_stride",
+                    train=train,
+                    batch_norm=self.batch_norm,
+                    backend=self.conv_backend,
+                    dtype=self.dtype,
+                )
+                x = jnp.concatenate([conv, other.astype(conv.dtype)], axis=-1)
+                keep(feats, f"down{n_down}", x)
+        pooled = keep(feats, "pooled", ops.global_avg_pool(x.astype(jnp.float32)))
+        logits = nn.Dense(self.num_classes, param_dtype=self.param_dtype, name="head")(pooled)
+        keep(feats, "logits", logits)
+        return (logits, feats) if return_features else logits
+
+
+class GoogLeNetSmall(nn.Module):
+    """GoogLeNet-style network for small images. Intermediates: ``stem``, ``inception3a``,
+    ``inception3b``, ``down1``, ``inception4a``, ``down2``, ``pooled``, ``logits``."""
+
+    num_classes: int = 10
+    width: float = 1.0
+    batch_norm: bool = True
+    dropout: float = 0.4
+    downsample: str = "pool"
+    conv_backend: str = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        check_input(x, "GoogLeNetSmall")
+        check_downsample(self.downsample)
+        feats = {}
+        common = dict(
+            batch_norm=self.batch_norm,
+            backend=self.conv_backend,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        x = ConvBNAct(scaled(192, self.width), 3, name="stem", **common)(x, train)
+        keep(feats, "stem", x)
+        stages = (("3a", "3b"), ("4a",))
+        for s, names in enumerate(stages, start=1):
+            for name in names:
+                widths = [scaled(c, self.width) for c in GOOGLENET_WIDTHS[name]]
+                x = Inception(*widths, name=f"inception{name}", **common)(x, train)
+                keep(feats, f"inception{name}", x)
+            x = downsample_layer(
+                x,
+                kind=self.downsample,
+                name=f"down{s}",
+                train=train,
+                batch_norm=self.batch_norm,
+                backend=self.conv_backend,
+                dtype=self.dtype,
+            )
+            keep(feats, f"down{s}", x)
+        pooled = keep(feats, "pooled", ops.global_avg_pool(x.astype(jnp.float32)))
+        pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+        logits = nn.Dense(self.num_classes, param_dtype=self.param_dtype, name="head")(pooled)
+        keep(feats, "logits", logits)
+        return (logits, feats) if return_features else logits

@@ -1,0 +1,147 @@
+"""Flax Linen modules: thin parameter holders around :mod:`cnnjax.ops`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax import ops
+from cnnjax.ops._args import PaddingLike
+
+Initializer = Callable[..., jnp.ndarray]
+# He initialisation: keeps activation variance constant through ReLU layers without BatchNorm.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+
+class Conv(nn.Module):
+    """2-d convolution layer (cross-correlation) on NHWC input; kernel HWIO.
+
+    Attributes:
+      features: output channels.
+      kernel_size: int or (kh, kw).
+      strides, padding, dilation, groups, padding_mode, backend: as in :func:`cnnjax.ops.conv2d`.
+      use_bias: add a learned bias per output channel.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); None computes in the input's dtype.
+      param_dtype: dtype of the stored parameters.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    dilation: int | Sequence[int] = 1
+    groups: int = 1
+    padding_mode: str = "zeros"
+    use_bias: bool = True
+    backend: str = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = he_normal
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(N, H, W, Cin) -> (N, H', W', features)."""
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
+        kh, kw = ops._args.as_tuple(self.kernel_size, 2, "kernel_size")
+        cin = x.shape[-1]
+        if cin % self.groups:
+            raise ValueError(f"`groups`={self.groups} must divide the input channels ({cin}).")
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (kh, kw, cin // self.groups, self.features),
+            self.param_dtype,
+        )
+        dtype = self.dtype or x.dtype
+        y = ops.conv2d(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            stride=self.strides,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            backend=self.backend,
+        )
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
+class MaxPool(nn.Module):
+    """Max pooling (no parameters); see :func:`cnnjax.ops.max_pool`."""
+
+    window: int | Sequence[int] = 2
+    stride: int | Sequence[int] | None = None
+    padding: PaddingLike = "VALID"
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return ops.max_pool(x, self.window, self.stride, self.padding)
+
+
+class AvgPool(nn.Module):
+    """Average pooling (no parameters); see :func:`cnnjax.ops.avg_pool`."""
+
+    window: int | Sequence[int] = 2
+    stride: int | Sequence[int] | None = None
+    padding: PaddingLike = "VALID"
+    count_include_pad: bool = True
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return ops.avg_pool(x, self.window, self.stride, self.padding, self.count_include_pad)
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, H, W, C) -> (N, C): the head that lets a network accept any input size."""
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return ops.global_avg_pool(x)
+
+
+class ConvBNAct(nn.Module):
+    """Convolution, optional BatchNorm, activation: the building block of the model zoo.
+
+    With ``batch_norm`` the convolution has no bias (BatchNorm's shift replaces it).
+    ``__call__(x, train)``: BatchNorm uses batch statistics and updates its running averages
+    (collection ``batch_stats``) when ``train`` is True.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    batch_norm: bool = False
+    activation: Callable[[jnp.ndarray], jnp.ndarray] | None = nn.relu
+    backend: str = "xla"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = Conv(
+            self.features,
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            use_bias=not self.batch_norm,
+            backend=self.backend,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="bn",
+            )(x)
+        return self.activation(x) if self.activation is not None else x

@@ -1,0 +1,50 @@
+"""Prints the model zoo table: parameters, FLOPs per 32×32 image and receptive field.
+
+    python -m experiments.model_table [--image_size=32] [--num_classes=10]
+
+The receptive field is the one of the last spatial feature map before global pooling
+(the units the classifier averages), from :func:`cnnjax.receptive_field`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from cnnjax import models, receptive_field_table
+from experiments import _bench
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("image_size", 32, "Input height and width.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+
+
+def model_row(name: str, image_size: int, num_classes: int) -> list[object]:
+    model = models.get_model(name, num_classes=num_classes)
+    shape = (1, image_size, image_size, 3)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
+    # The analysis needs shapes only; zeros avoid running the initialisers.
+    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    rows = receptive_field_table(
+        lambda x: model.apply(variables, x, return_features=True)[1], shape
+    )
+    rf = [r.field for r in rows if r.field is not None and not r.field.is_global][-1]
+    return [
+        name,
+        f"{models.count_params(variables['params']):,}",
+        f"{models.count_flops(model, shape[1:]) / 1e6:,.0f}",
+        f"{rf.size[0]}x{rf.size[1]} (stride {rf.stride[0]})",
+    ]
+
+
+def main(argv):
+    del argv
+    rows = [model_row(n, FLAGS.image_size, FLAGS.num_classes) for n in models.list_models()]
+    header = ["model", "parameters", f"MFLOPs / {FLAGS.image_size}x{FLAGS.image_size} image",
+              "receptive field"]  # fmt: skip
+    print(_bench.markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

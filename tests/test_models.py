@@ -1,0 +1,180 @@
+"""Flax modules and the model zoo."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models, nn, receptive_field_table
+
+ALLCNN_PARAMS = {
+    "a": (839_242, 1_254_250),
+    "b": (885_610, 1_300_618),
+    "c": (954_730, 1_369_738),
+}
+
+
+def _abstract_vars(model, shape=(2, 32, 32, 3)):
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("base", "abc")
+def test_allcnn_parameter_counts_are_exact(base):
+    small, large = ALLCNN_PARAMS[base]
+    for variant, expected in [
+        ("model", small),
+        ("strided_cnn", small),
+        ("convpool_cnn", large),
+        ("all_cnn", large),
+    ]:
+        params = _abstract_vars(models.get_model(f"{variant}_{base}"))["params"]
+        assert models.count_params(params) == expected, f"{variant}_{base}"
+
+
+def test_other_model_sizes():
+    assert models.count_params(
+        _abstract_vars(models.get_model("small_inception"))["params"]
+    ) == pytest.approx(1.65e6, rel=0.01)
+    assert 0.9e6 < models.count_params(_abstract_vars(models.get_model("nin"))["params"]) < 1.0e6
+
+
+@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("size", [32, 33, 48])
+def test_output_shapes_for_several_sizes(name, size):
+    model = models.get_model(name, num_classes=7)
+    variables = _abstract_vars(model)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((2, size, size, 3)))
+    assert out.shape == (2, 7) and out.dtype == jnp.float32
+
+
+def _init(model, shape=(2, 32, 32, 3), seed=0):
+    x = jax.random.normal(jax.random.key(seed + 1), shape)
+    return model.init(jax.random.key(seed), x), x
+
+
+def test_all_cnn_c_intermediates_have_documented_names_and_shapes():
+    model = models.get_model("all_cnn_c", width=0.25)
+    variables, x = _init(model)
+    logits, feats = model.apply(variables, x, return_features=True)
+    shapes = {k: v.shape for k, v in feats.items()}
+    assert list(shapes) == [
+        "conv1", "conv2", "conv3", "down1", "conv4", "conv5", "conv6", "down2",
+        "conv7", "conv8", "class_map", "logits",
+    ]  # fmt: skip
+    assert shapes["conv2"] == (2, 32, 32, 24)
+    assert shapes["down1"] == (2, 16, 16, 24)
+    assert shapes["down2"] == (2, 8, 8, 48)
+    assert shapes["conv7"] == (2, 6, 6, 48)  # the VALID seventh convolution: 6x6 before pooling
+    assert shapes["class_map"] == (2, 6, 6, 10)
+    np.testing.assert_allclose(feats["logits"], logits)
+    np.testing.assert_allclose(logits, feats["class_map"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["all_cnn_c", "nin", "small_inception"])
+def test_conv_backends_agree_on_a_model(name):
+    outs = {}
+    for backend in ["xla", "gemm", "fft"]:
+        model = models.get_model(name, width=0.25, conv_backend=backend)
+        variables, x = _init(model, (2, 32, 32, 3))
+        outs[backend] = model.apply(variables, x)
+    scale = float(jnp.max(jnp.abs(outs["xla"])))
+    assert scale > 0
+    for backend in ["gemm", "fft"]:
+        assert float(jnp.max(jnp.abs(outs[backend] - outs["xla"]))) <= 1e-4 * scale
+
+
+def test_bfloat16_forward_is_close_to_float32():
+    m32 = models.get_model("all_cnn_c", width=0.25, head_relu=False)
+    mbf = models.get_model("all_cnn_c", width=0.25, head_relu=False, dtype=jnp.bfloat16)
+    variables, x = _init(m32)
+    y32 = m32.apply(variables, x)
+    ybf = mbf.apply(variables, x)
+    assert ybf.dtype == jnp.float32  # logits come back in float32
+    assert jax.tree.leaves(variables)[0].dtype == jnp.float32  # parameters stay float32
+    assert float(jnp.max(jnp.abs(ybf - y32))) <= 0.05 * float(jnp.max(jnp.abs(y32)))
+
+
+def test_initialisation_is_deterministic():
+    model = models.get_model("model_c", width=0.25)
+    a, _ = _init(model, seed=3)
+    b, _ = _init(model, seed=3)
+    c, _ = _init(model, seed=4)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.allclose(
+        a["params"]["conv1"]["conv"]["kernel"], c["params"]["conv1"]["conv"]["kernel"]
+    )
+
+
+def test_inception_branch_widths_add_up_and_5x5_is_real():
+    module = nn.Inception(64, 96, 128, 16, 32, 32)
+    x = jnp.ones((1, 8, 8, 192))
+    variables = module.init(jax.random.key(0), x)
+    y = module.apply(variables, x)
+    assert y.shape == (1, 8, 8, 256) == (1, 8, 8, module.features)
+    assert variables["params"]["branch5x5"]["conv"]["kernel"].shape == (5, 5, 16, 32)
+    model = models.get_model("googlenet_small", width=0.25)
+    variables, xs = _init(model)
+    _, feats = model.apply(variables, xs, return_features=True)
+    assert feats["inception3a"].shape[-1] == 16 + 32 + 8 + 8  # 256 x 0.25
+    assert feats["inception3b"].shape[-1] == 32 + 48 + 24 + 16  # 480 x 0.25
+
+
+def test_batch_norm_training_updates_statistics():
+    model = models.get_model("small_inception", width=0.25)
+    variables, x = _init(model)
+    y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.shape == (2, 10)
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_dropout_is_active_only_in_training():
+    model = models.get_model("model_c", width=0.25)
+    variables, x = _init(model)
+    eval1, eval2 = model.apply(variables, x), model.apply(variables, x)
+    np.testing.assert_array_equal(eval1, eval2)
+    t1 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    t2 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(t1, t2)
+
+
+def test_downsample_override_walks_the_variant_grid():
+    strided = models.get_model("model_c", downsample="stride")
+    assert strided == models.get_model("strided_cnn_c")
+    with pytest.raises(ValueError, match="`downsample` must be one of"):
+        jax.eval_shape(
+            lambda x: models.get_model("nin", downsample="avg").init(jax.random.key(0), x),
+            jnp.zeros((1, 32, 32, 3)),
+        )
+
+
+def test_registry_errors_list_the_options():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'; available: all_cnn_a"):
+        models.get_model("resnet50")
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['depth'\] .* valid: base"):
+        models.get_model("all_cnn_c", depth=3)
+
+
+def test_model_receptive_field_table():
+    model = models.get_model("all_cnn_c")
+    variables = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), _abstract_vars(model, (1, 32, 32, 3))
+    )
+    rows = receptive_field_table(
+        lambda x: model.apply(variables, x, return_features=True)[1], (1, 32, 32, 3)
+    )
+    by_name = {r.name: r.field for r in rows}
+    assert by_name["conv3"].size == (7, 7) and by_name["conv3"].stride == (2, 2)
+    assert by_name["class_map"].size == (27, 27) and by_name["class_map"].stride == (4, 4)
+    assert by_name["logits"].is_global
+
+
+def test_model_rejects_bad_input():
+    model = models.get_model("all_cnn_c", width=0.25)
+    with pytest.raises(
+        ValueError, match=r"`x` for AllCNN must be a batch of images \(N, H, W, C\)"
+    ):
+        model.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+    with pytest.raises(TypeError, match="floating-point"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
