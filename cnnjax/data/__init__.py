@@ -1,0 +1,33 @@
+"""Datasets (digits, TFDS, image folders), preprocessing and the on-device input pipeline.
+
+Importing this package does not import TensorFlow; loading a TFDS or image-folder dataset does.
+"""
+
+from cnnjax.data._types import DataError, Dataset, Split, carve_validation
+from cnnjax.data.digits import load_digits
+from cnnjax.data.pipeline import augment, batch_indices, normalize
+from cnnjax.data.preprocess import (
+    Normalization,
+    fit_zca,
+    global_contrast_normalize,
+    preprocess,
+)
+from cnnjax.data.sources import load_dataset, load_image_folder, load_tfds
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "Normalization",
+    "Split",
+    "augment",
+    "batch_indices",
+    "carve_validation",
+    "fit_zca",
+    "global_contrast_normalize",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_tfds",
+    "normalize",
+    "preprocess",
+]

@@ -1,0 +1,61 @@
+"""In-memory datasets: every split as one array of images and one of labels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be found or prepared; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Split:
+    """Images (N, H, W, C), uint8 pixels or float32 after whitening, and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, np.int32)
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"{len(self.images)} images but {len(self.labels)} labels in one split."
+            )
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C), got {self.images.shape}.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A named dataset with ``train``, ``validation`` and possibly ``test`` splits."""
+
+    name: str
+    num_classes: int
+    splits: dict[str, Split]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"].images.shape[1:])
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
+        return f"{self.name}: {self.num_classes} classes, images {self.image_shape}, {sizes}"
+
+
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Splits a fixed-seed shuffle of ``train`` into (train, validation)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`val_fraction` must be in (0, 1), got {fraction}.")
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(fraction * len(train)))
+    val, rest = order[:n_val], np.sort(order[n_val:])
+    return (
+        Split(train.images[rest], train.labels[rest]),
+        Split(train.images[np.sort(val)], train.labels[np.sort(val)]),
+    )

@@ -1,0 +1,48 @@
+"""The on-device input pipeline: shuffling, batching, normalisation and augmentation run inside
+``jax.jit``, keyed by (seed, step), so a run is reproducible and resumable bit for bit and the
+host never has to feed the accelerator."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnnjax.data.preprocess import Normalization
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
+    """Indices of batch ``step``: epochs are fresh permutations, the remainder is dropped.
+
+    Returns (batch_size,) int32. Pure function of (key, step).
+    """
+    steps_per_epoch = num_examples // batch_size
+    epoch, i = jnp.divmod(step, steps_per_epoch)
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+
+
+def normalize(images: jax.Array, norm: Normalization, dtype=jnp.float32) -> jax.Array:
+    """(N, H, W, C) uint8 or float -> ``dtype``: ``(x · scale − mean) / std`` per channel."""
+    x = images.astype(jnp.float32) * jnp.float32(norm.scale)
+    x = (x - jnp.asarray(norm.mean, jnp.float32)) / jnp.asarray(norm.std, jnp.float32)
+    return x.astype(dtype)
+
+
+def augment(key: jax.Array, images: jax.Array, crop_padding: int = 4, flip: bool = True):
+    """Random crop after zero padding by ``crop_padding`` pixels, and random horizontal flips.
+
+    ``images`` (N, H, W, C) -> same shape; each image draws its own offsets and flip.
+    """
+    n, h, w, _ = images.shape
+    k_crop, k_flip = jax.random.split(key)
+    if crop_padding > 0:
+        p = crop_padding
+        padded = jnp.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
+        offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * p + 1)
+        crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1]))
+        images = jax.vmap(crop)(padded, offsets)
+    if flip:
+        do = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
+        images = jnp.where(do, images[:, :, ::-1], images)
+    return images

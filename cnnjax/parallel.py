@@ -1,0 +1,83 @@
+"""Devices, meshes and shardings: one code path for one device and for many.
+
+The default data-parallel layout: a 1-d mesh over every device with axis ``"data"``; batches
+are sharded along it, parameters and optimiser state are replicated, and ``jax.jit`` with
+output shardings lets XLA insert the gradient all-reduce. The same program runs on one CPU,
+several GPUs, a TPU slice or several hosts (after :func:`initialize_distributed`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-d ``("data",)`` mesh over the first ``num_devices`` devices (default: all).
+
+    Axis type ``Auto``: shardings are propagated by XLA from the ones we give to ``jit``.
+    """
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(
+                f"`num_devices` must be between 1 and {len(devices)} (the devices JAX sees), "
+                f"got {num_devices}."
+            )
+        devices = devices[:num_devices]
+    return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the ``data`` axis."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def check_global_batch(batch_size: int, num_devices: int, name: str = "batch_size") -> None:
+    if batch_size % num_devices:
+        raise ValueError(
+            f"`{name}`={batch_size} must be divisible by the number of devices ({num_devices}) "
+            f"so every device gets an equal share; use e.g. "
+            f"{max(num_devices, batch_size // num_devices * num_devices)}."
+        )
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Starts multi-host JAX when asked to, from arguments or the environment.
+
+    Environment variables ``CNNJAX_COORDINATOR``, ``CNNJAX_NUM_PROCESSES`` and
+    ``CNNJAX_PROCESS_ID`` stand in for missing arguments; on managed clusters (TPU pods,
+    SLURM) ``jax.distributed.initialize()`` with no arguments finds them itself, which
+    ``CNNJAX_DISTRIBUTED=auto`` requests. Returns True when multi-host was initialised.
+    """
+    coordinator_address = coordinator_address or os.environ.get("CNNJAX_COORDINATOR")
+    if num_processes is None and "CNNJAX_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["CNNJAX_NUM_PROCESSES"])
+    if process_id is None and "CNNJAX_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["CNNJAX_PROCESS_ID"])
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError(
+                "multi-host training needs the coordinator address, the number of processes "
+                "and this process's id; got "
+                f"{coordinator_address=}, {num_processes=}, {process_id=}."
+            )
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        return True
+    if os.environ.get("CNNJAX_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()
+        return True
+    return False

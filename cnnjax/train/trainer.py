@@ -1,0 +1,187 @@
+"""Train state and the jit-compiled init, train and eval steps (shapes, then shardings, then jit).
+
+The input pipeline lives inside the train step: it gathers batch ``step`` of an epoch-wise
+permutation from the device-resident dataset, normalises and augments it, all keyed by
+(seed, step). Nothing about a step depends on host state, so a resumed run repeats an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from cnnjax import parallel
+from cnnjax.data import Normalization, augment, batch_indices, normalize
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run needs to continue: a plain pytree of arrays (checkpointed as is)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class Trainer:
+    """Compiled steps for one model, optimiser, dataset geometry and device mesh."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tx: optax.GradientTransformation,
+        schedule: optax.Schedule,
+        norm: Normalization,
+        *,
+        num_classes: int,
+        image_shape: tuple[int, ...],
+        num_train: int,
+        batch_size: int,
+        mesh: Mesh,
+        seed: int = 0,
+        label_smoothing: float = 0.0,
+        crop_padding: int = 0,
+        flip: bool = False,
+    ):
+        parallel.check_global_batch(batch_size, mesh.size)
+        if num_train < batch_size:
+            raise ValueError(
+                f"`batch_size`={batch_size} is larger than the training split ({num_train})."
+            )
+        self.model, self.tx, self.schedule, self.norm = model, tx, schedule, norm
+        self.num_classes, self.image_shape = num_classes, tuple(image_shape)
+        self.num_train, self.batch_size, self.mesh = num_train, batch_size, mesh
+        self.label_smoothing, self.crop_padding, self.flip = label_smoothing, crop_padding, flip
+        self.steps_per_epoch = num_train // batch_size
+        keys = jax.random.split(jax.random.key(seed), 4)
+        self._init_key, self._data_key, self._aug_key, self._dropout_key = keys
+        self.replicated = parallel.replicated(mesh)
+        self.batch_sharding = parallel.batch_sharded(mesh)
+
+        abstract = jax.eval_shape(self._init)
+        self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+        self.init_state = jax.jit(self._init, out_shardings=self.state_sharding)
+        self.train_step = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_sharding, self.replicated, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            self._eval_step,
+            in_shardings=(self.state_sharding, self.batch_sharding, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
+
+    # -- pure functions ---------------------------------------------------------------------
+    def _init(self) -> TrainState:
+        x = jnp.zeros((1, *self.image_shape), jnp.float32)
+        variables = self.model.init({"params": self._init_key}, x, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=self.tx.init(params),
+        )
+
+    def _variables(self, params, batch_stats):
+        return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+    def loss_and_updates(self, params, batch_stats, x, y, dropout_key):
+        """Mean (label-smoothed) cross-entropy of a training batch, with new BatchNorm stats."""
+        logits, updates = self.model.apply(
+            self._variables(params, batch_stats),
+            x,
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
+        targets = optax.smooth_labels(jax.nn.one_hot(y, self.num_classes), self.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss, (accuracy, updates.get("batch_stats", batch_stats))
+
+    def batch(self, step, images, labels):
+        """Training batch ``step``: gathered, normalised and augmented on the device."""
+        idx = batch_indices(self._data_key, step, self.num_train, self.batch_size)
+        idx = jax.lax.with_sharding_constraint(idx, self.batch_sharding)
+        x = normalize(images[idx], self.norm)
+        x = augment(jax.random.fold_in(self._aug_key, step), x, self.crop_padding, self.flip)
+        return x, labels[idx]
+
+    def _train_step(self, state: TrainState, images, labels):
+        x, y = self.batch(state.step, images, labels)
+        dropout_key = jax.random.fold_in(self._dropout_key, state.step)
+        grad_fn = jax.value_and_grad(self.loss_and_updates, has_aux=True)
+        (loss, (accuracy, batch_stats)), grads = grad_fn(
+            state.params, state.batch_stats, x, y, dropout_key
+        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = {"loss": loss, "accuracy": accuracy, "learning_rate": self.schedule(state.step)}
+        return new_state, metrics
+
+    def _eval_step(self, state: TrainState, images, labels):
+        """Sums over a padded batch; labels < 0 mark padding."""
+        x = normalize(images, self.norm)
+        logits = self.model.apply(self._variables(state.params, state.batch_stats), x)
+        mask = labels >= 0
+        y = jnp.maximum(labels, 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return {
+            "loss": jnp.sum(jnp.where(mask, losses, 0.0)),
+            "correct": jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == y, False)),
+            "count": jnp.sum(mask),
+        }
+
+    # -- host-side helpers -------------------------------------------------------------------
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    def step_of(self, state: TrainState) -> jax.Array:
+        return state.step
+
+    def params_of(self, state: TrainState) -> Any:
+        return state.params
+
+    def put_dataset(self, images, labels):
+        """The training split, resident on every device (gathered per step inside jit)."""
+        return jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated)
+
+    def evaluate(self, state: TrainState, images, labels, batch_size: int) -> dict[str, float]:
+        """Loss and accuracy over a whole split, in padded batches of ``batch_size``."""
+        import numpy as np
+
+        devices = self.mesh.size
+        batch_size = max(devices, batch_size // devices * devices)
+        totals = {"loss": 0.0, "correct": 0, "count": 0}
+        for start in range(0, len(labels), batch_size):
+            xb = images[start : start + batch_size]
+            yb = np.asarray(labels[start : start + batch_size], np.int32)
+            pad = batch_size - len(yb)
+            if pad:
+                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+                yb = np.concatenate([yb, -np.ones(pad, np.int32)])
+            out = self.eval_step(
+                state,
+                jax.device_put(xb, self.batch_sharding),
+                jax.device_put(yb, self.batch_sharding),
+            )
+            for k, v in jax.device_get(out).items():
+                totals[k] += v
+        count = max(int(totals["count"]), 1)
+        return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}

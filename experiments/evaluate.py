@@ -1,0 +1,56 @@
+"""Evaluate a run's checkpoint on any dataset split.
+
+    python -m experiments.evaluate --workdir=DIR [--dataset=cifar10 --data_dir=...]
+        [--split=test] [--step=N]
+
+Prints the accuracy and writes ``eval_<dataset>_<split>_<step>.json`` into the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags
+
+from experiments._logging import quiet_unless_verbose
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+flags.DEFINE_string("dataset", None, "Dataset (default: the run's).")
+flags.DEFINE_string("data_dir", None, "Data directory (default: the run's).")
+flags.DEFINE_string("split", None, "Split (default: test if present, else validation).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    del argv
+    quiet_unless_verbose()
+    from cnnjax.data import DataError
+    from cnnjax.train import CheckpointError, evaluate_checkpoint
+
+    try:
+        out = evaluate_checkpoint(
+            FLAGS.workdir,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            split=FLAGS.split,
+            step=FLAGS.step,
+        )
+    except (CheckpointError, DataError, ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"eval_{out['dataset']}_{out['split']}_{out['step']}")
+    path = os.path.join(FLAGS.workdir, name + ".json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(
+        f"{out['dataset']}/{out['split']} at step {out['step']}: accuracy {out['accuracy']:.4f} "
+        f"(loss {out['loss']:.4f}, {out['examples']} examples) -> {path}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
