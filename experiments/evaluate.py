@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from experiments._logging import quiet_unless_verbose
+from experiments._cli import quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")

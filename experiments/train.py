@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnnjax import parallel
-from experiments._logging import quiet_unless_verbose
+from experiments._cli import parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -94,7 +94,8 @@ def load_tfds(
     features = builder.info.features
     num_classes = features["label"].num_classes
     splits = {}
-    for split in builder.info.splits:
+    # Builders without split metadata (e.g. under tfds.testing.mock_data) get the usual two.
+    for split in list(builder.info.splits) or ["train", "test"]:
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         splits[split] = _to_numpy(ds, image_size, f"{name}/{split}")
     return _finish(name, num_classes, splits, val_fraction, seed)

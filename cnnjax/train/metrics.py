@@ -29,7 +29,7 @@ class MetricWriter:
         tb_dir = os.path.join(workdir, "tensorboard")
         os.makedirs(tb_dir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._file = open(os.path.join(tb_dir, name), "ab")  # noqa: SIM115 - closed in close()
+        self._file = open(os.path.join(tb_dir, name), "ab")
         self._tb = RecordWriter(self._file)
         first = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         self._tb.write(first.SerializeToString())
