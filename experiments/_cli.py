@@ -22,8 +22,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as err:
         from cnnjax.train import default_config
 
-        key = re.sub(r"[\"']", "", str(err))
+        # ml_collections' message looks like 'key\nDid you mean other instead of key?'.
+        lines = [s for s in re.split(r"(?:\\+n|\n)", str(err)) if s.strip()]
+        key = re.sub(r"[\\\"']", "", lines[0]).strip()
+        hint = re.search(r"Did you mean \W*(\w+)", str(err))
+        hint = f" (did you mean {hint.group(1)}?)" if hint else ""
         valid = ", ".join(sorted(default_config().keys()))
-        sys.exit(f"error: unknown config key {key!r}; valid keys: {valid}.")
+        sys.exit(f"error: unknown config key {key!r}{hint}; valid keys: {valid}.")
     except flags.Error as err:
         sys.exit(f"error: {err}")

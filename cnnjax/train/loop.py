@@ -116,9 +116,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         trainer = PmapTrainer.from_config(config, dataset, norm)
     else:
         trainer = build_trainer(config, dataset, norm)
+    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
+        return _run(config, workdir, trainer, dataset, ckpts, lead)
+
+
+def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, float]:
     steps_per_epoch = trainer.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     state = trainer.init_state()
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)  # raises CheckpointError before anything is written
@@ -221,7 +225,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     results = _final_results(config, trainer, state, dataset, num_params, run_start, compile_s)
     writer.write(step, results)
     writer.close()
-    checkpoints.close()
     if lead:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
@@ -317,8 +320,8 @@ def evaluate_checkpoint(
     if split not in data.splits:
         raise ValueError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
     trainer = build_trainer(config, data, norm)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    state = checkpoints.restore(trainer.init_state(), step)
+    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
+        state = ckpts.restore(trainer.init_state(), step)
     s = data.splits[split]
     m = trainer.evaluate(state, s.images, s.labels, config.eval_batch_size)
     out = {
@@ -329,7 +332,6 @@ def evaluate_checkpoint(
         "examples": len(s),
         **m,
     }
-    checkpoints.close()
     return out
 
 

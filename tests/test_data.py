@@ -1,0 +1,167 @@
+"""Datasets, preprocessing and the on-device pipeline."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax import data
+
+
+def test_import_cnnjax_does_not_import_tensorflow():
+    import subprocess
+
+    code = (
+        "import sys, cnnjax, cnnjax.data, cnnjax.train, cnnjax.models, cnnjax.nn, cnnjax.parallel\n"
+        "cnnjax.data.load_dataset('digits', image_size=8)\n"
+        "w = cnnjax.train.MetricWriter(sys.argv[1]); w.write(1, {'a': 1.0}); w.close()\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-c", code, tmp], check=True, cwd=os.getcwd())
+
+
+def test_digits_splits():
+    ds = data.load_digits(image_size=16, val_fraction=0.1)
+    assert set(ds.splits) == {"train", "validation", "test"}
+    total = sum(len(s) for s in ds.splits.values())
+    assert total == 1797
+    assert ds.image_shape == (16, 16, 1)
+    assert ds.splits["train"].images.dtype == np.uint8
+    assert len(ds.splits["validation"]) == round(0.1 * (1797 - 359))
+    again = data.load_digits(image_size=16, val_fraction=0.1)
+    np.testing.assert_array_equal(ds.splits["validation"].labels, again.splits["validation"].labels)
+    assert set(np.unique(ds.splits["train"].labels)) == set(range(10))
+
+
+def test_carve_validation_is_disjoint_and_seeded():
+    split = data.Split(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1), np.arange(100))
+    a_train, a_val = data.carve_validation(split, 0.2, seed=3)
+    _, b_val = data.carve_validation(split, 0.2, seed=3)
+    _, c_val = data.carve_validation(split, 0.2, seed=4)
+    assert len(a_val) == 20 and len(a_train) == 80
+    assert not set(a_val.labels) & set(a_train.labels)
+    np.testing.assert_array_equal(a_val.labels, b_val.labels)
+    assert set(a_val.labels) != set(c_val.labels)
+    with pytest.raises(ValueError, match="`val_fraction` must be in"):
+        data.carve_validation(split, 1.5, 0)
+
+
+def test_tfds_path_under_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=40):
+        ds = data.load_tfds("cifar10", data_dir=str(tmp_path), download=True, val_fraction=0.25)
+    assert ds.num_classes == 10
+    assert ds.image_shape == (32, 32, 3)
+    assert len(ds.splits["train"]) == 30 and len(ds.splits["validation"]) == 10
+    assert ds.splits["train"].images.dtype == np.uint8
+
+
+def test_offline_without_data_fails_at_once_with_instructions(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(data.DataError, match=r"not prepared in .*tfds build mnist"):
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 60  # no download retry loop
+
+
+def _write_folder(root, sizes=((12, 10), (9, 9))):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6),):
+        for c, name in enumerate(["cat", "dog", "eel"]):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                h, w = sizes[i % len(sizes)]
+                pixels = np.full((h, w, 3), 40 * c + 20, np.uint8) + rng.integers(
+                    0, 5, (h, w, 3), dtype=np.uint8
+                )
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(pixels).save(d / f"{i}.{ext}")
+
+
+def test_image_folder_with_mixed_files_and_validation_carving(tmp_path):
+    root = tmp_path / "folder"
+    _write_folder(root)
+    cache = tmp_path / "cache"
+    ds = data.load_image_folder(str(root), image_size=8, val_fraction=1 / 6, cache_dir=str(cache))
+    assert ds.num_classes == 3
+    assert ds.image_shape == (8, 8, 3)
+    assert len(ds.splits["train"]) == 15 and len(ds.splits["validation"]) == 3
+    # Labels follow the class folders: mean brightness grows with the class index.
+    train = ds.splits["train"]
+    means = [train.images[train.labels == c].mean() for c in range(3)]
+    assert means[0] < means[1] < means[2]
+    assert len(list(cache.glob("*.npz"))) == 1
+    again = data.load_image_folder(
+        str(root), image_size=8, val_fraction=1 / 6, cache_dir=str(cache)
+    )
+    np.testing.assert_array_equal(again.splits["train"].images, train.images)
+    with pytest.raises(data.DataError, match="do not share one size"):
+        data.load_image_folder(str(root), image_size=None, cache_dir=str(tmp_path / "c2"))
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_image_folder(str(tmp_path / "missing"))
+
+
+def test_zca_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(1)
+    mixing = rng.standard_normal((20, 20))
+    x = rng.standard_normal((5000, 20)) @ mixing
+    mean, w = data.fit_zca(x, eps=1e-6)
+    white = (x - mean) @ w
+    np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(20), atol=1e-3)
+    # ZCA is the symmetric whitening: W = Wᵀ, closest to the identity of all whitenings.
+    np.testing.assert_allclose(w, w.T, atol=1e-8)
+
+
+def test_gcn_zca_preprocessing_on_digits():
+    ds = data.load_digits(image_size=8)
+    white, norm = data.preprocess(ds, "gcn_zca")
+    x = white.splits["train"].images.reshape(len(white.splits["train"]), -1).astype(np.float64)
+    assert white.splits["train"].images.dtype == np.float32 and norm.scale == 1.0
+    eig = np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))
+    # Each direction's variance becomes λ / (λ + ε): ~1 where the data varies, shrunk towards 0
+    # for near-constant directions (blank corner pixels, GCN's zero-sum constraint); never > 1.
+    assert eig.max() <= 1 + 1e-5
+    assert np.sum(np.abs(eig - 1) < 0.05) >= 30
+    assert eig.min() < 1e-3
+
+
+def test_standardize_statistics():
+    ds = data.load_digits(image_size=8)
+    _, norm = data.preprocess(ds, "standardize")
+    x = np.asarray(data.normalize(jnp.asarray(ds.splits["train"].images), norm))
+    assert abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-3
+
+
+def test_batch_indices_visit_every_example_once_per_epoch():
+    key = jax.random.key(0)
+    seen = np.concatenate(
+        [np.asarray(data.batch_indices(key, jnp.int32(s), 50, 10)) for s in range(5)]
+    )
+    assert sorted(seen) == list(range(50))
+    next_epoch = np.asarray(data.batch_indices(key, jnp.int32(5), 50, 10))
+    assert not np.array_equal(next_epoch, seen[:10])
+
+
+def test_augment_crops_and_flips():
+    img = np.zeros((64, 6, 6, 1), np.float32)
+    img[:, 2, 3] = 1.0
+    out = np.asarray(data.augment(jax.random.key(1), jnp.asarray(img), crop_padding=2, flip=True))
+    assert out.shape == img.shape
+    positions = {tuple(np.argwhere(o[..., 0] == 1.0)[0]) for o in out if o.max() == 1.0}
+    assert len(positions) > 5  # shifted around
+    assert all(abs(r - 2) <= 2 for r, _ in positions)  # within the padding
+    flipped = np.asarray(
+        data.augment(jax.random.key(2), jnp.asarray(img), crop_padding=0, flip=True)
+    )
+    cols = {int(np.argwhere(o[..., 0] == 1.0)[0][1]) for o in flipped}
+    assert cols == {3, 2}  # original column 3 or mirrored 6 - 1 - 3 = 2
