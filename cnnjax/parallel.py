@@ -81,3 +81,19 @@ def initialize_distributed(
         jax.distributed.initialize()
         return True
     return False
+
+
+def to_global(x, sharding: NamedSharding) -> jax.Array:
+    """A host array as a global ``jax.Array`` with ``sharding``, on one host or many.
+
+    Multi-host: every process passes the same full array; for a batch-sharded sharding each
+    process contributes only its own rows (``x`` split evenly by process index), so no host
+    loads another host's share.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if sharding.spec == P():
+        return jax.make_array_from_process_local_data(sharding, x, x.shape)
+    rows = x.shape[0] // jax.process_count()
+    local = x[jax.process_index() * rows : (jax.process_index() + 1) * rows]
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)

@@ -72,13 +72,58 @@ class _Axis(NamedTuple):
 
 
 _ELEMENTWISE = {
-    "abs", "add", "add_any", "and", "atan2", "cbrt", "ceil", "clamp", "convert_element_type",
-    "copy", "copy_p", "cos", "div", "eq", "erf", "erf_inv", "exp", "exp2", "expm1", "floor",
-    "ge", "gt", "integer_pow", "is_finite", "le", "log", "log1p", "logistic", "lt", "max",
-    "min", "mul", "ne", "neg", "not", "or", "pow", "reduce_precision", "round", "rsqrt",
-    "select_n", "sign", "sin", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor",
+    "abs",
+    "add",
+    "add_any",
+    "and",
+    "atan2",
+    "cbrt",
+    "ceil",
+    "clamp",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "cos",
+    "div",
+    "eq",
+    "erf",
+    "erf_inv",
+    "exp",
+    "exp2",
+    "expm1",
+    "floor",
+    "ge",
+    "gt",
+    "integer_pow",
+    "is_finite",
+    "le",
+    "log",
+    "log1p",
+    "logistic",
+    "lt",
+    "max",
+    "min",
+    "mul",
+    "ne",
+    "neg",
+    "not",
+    "or",
+    "pow",
+    "reduce_precision",
+    "round",
+    "rsqrt",
+    "select_n",
+    "sign",
+    "sin",
+    "sqrt",
+    "square",
+    "stop_gradient",
+    "sub",
+    "tan",
+    "tanh",
+    "xor",
     "optimization_barrier",
-}  # fmt: skip
+}
 _REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"}
 _WINDOWED = {"reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"}
 _SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
@@ -173,8 +218,12 @@ def _conv(eqn, lhs: Info, rhs: Info) -> Info:
         i = position[ax.var_axis]
         k, s, d = window[ax.var_axis], p["window_strides"][i], p["rhs_dilation"][i]
         lo = p["padding"][i][0]
-        out[a] = _Axis(out_spatial[i], ax.size + (k - 1) * d * ax.stride, ax.stride * s,
-                       ax.padding + lo * ax.stride)  # fmt: skip
+        out[a] = _Axis(
+            out_spatial[i],
+            ax.size + (k - 1) * d * ax.stride,
+            ax.stride * s,
+            ax.padding + lo * ax.stride,
+        )
     return out
 
 

@@ -15,12 +15,9 @@ forward).
 from __future__ import annotations
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from cnnjax import models, parallel
-from cnnjax.data import Normalization
-from cnnjax.train import Trainer, default_config, make_optimizer
+from cnnjax import models
 from experiments import _bench
 from experiments._cli import quiet_unless_verbose
 
@@ -36,48 +33,10 @@ flags.DEFINE_integer("num_devices", None, "Devices to use (default: all).")
 flags.DEFINE_bool("matmul_rate", False, "Also measure the float32 matmul rate and utilisation.")
 
 
-def build(model_name: str, batch: int, dtype: str, width: float, image_size: int,
-          conv_backend: str = "xla", num_devices: int | None = None):  # fmt: skip
-    """A Trainer, its initial state and a device-resident random dataset of 4 batches."""
-    config = default_config()
-    config.learning_rate, config.weight_decay, config.schedule = 0.01, 0.0, "constant"
-    overrides = dict(width=width, conv_backend=conv_backend)
-    fields = models.model_fields(model_name)
-    for key in ("dropout", "input_dropout"):
-        if key in fields:
-            overrides[key] = 0.0
-    if dtype == "bfloat16":
-        overrides["dtype"] = jax.numpy.bfloat16
-    model = models.get_model(model_name, **overrides)
-    n = 4 * batch
-    tx, schedule = make_optimizer(config, n // batch)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    trainer = Trainer(
-        model, tx, schedule, Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3),
-        num_classes=10, image_shape=images.shape[1:], num_train=n, batch_size=batch,
-        mesh=parallel.make_mesh(num_devices),
-    )  # fmt: skip
-    return trainer, trainer.init_state(), trainer.put_dataset(images, labels)
-
-
-def measure(trainer, state, data, steps: int) -> tuple[float, object]:
-    """Median seconds per train step; returns the advanced state too (it is donated)."""
-    holder = {"state": state}
-
-    def step():
-        holder["state"], metrics = trainer.train_step(holder["state"], *data)
-        return metrics["loss"]
-
-    seconds = _bench.median_seconds(step, steps, warmup=2)
-    return seconds, holder["state"]
-
-
 def main(argv):
     del argv
     quiet_unless_verbose()
-    trainer, state, data = build(
+    trainer, state, data = _bench.build_train_step(
         FLAGS.model,
         FLAGS.batch,
         FLAGS.dtype,
@@ -86,7 +45,7 @@ def main(argv):
         FLAGS.conv_backend,
         FLAGS.num_devices,
     )
-    seconds, _ = measure(trainer, state, data, FLAGS.steps)
+    seconds, _ = _bench.time_train_step(trainer, state, data, FLAGS.steps)
     img_s = FLAGS.batch / seconds
     line = (
         f"bench_train model={FLAGS.model} width={FLAGS.width} batch={FLAGS.batch} "

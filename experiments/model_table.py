@@ -41,8 +41,12 @@ def model_row(name: str, image_size: int, num_classes: int) -> list[object]:
 def main(argv):
     del argv
     rows = [model_row(n, FLAGS.image_size, FLAGS.num_classes) for n in models.list_models()]
-    header = ["model", "parameters", f"MFLOPs / {FLAGS.image_size}x{FLAGS.image_size} image",
-              "receptive field"]  # fmt: skip
+    header = [
+        "model",
+        "parameters",
+        f"MFLOPs / {FLAGS.image_size}x{FLAGS.image_size} image",
+        "receptive field",
+    ]
     print(_bench.markdown_table(header, rows))
 
 

@@ -58,9 +58,19 @@ def test_all_cnn_c_intermediates_have_documented_names_and_shapes():
     logits, feats = model.apply(variables, x, return_features=True)
     shapes = {k: v.shape for k, v in feats.items()}
     assert list(shapes) == [
-        "conv1", "conv2", "conv3", "down1", "conv4", "conv5", "conv6", "down2",
-        "conv7", "conv8", "class_map", "logits",
-    ]  # fmt: skip
+        "conv1",
+        "conv2",
+        "conv3",
+        "down1",
+        "conv4",
+        "conv5",
+        "conv6",
+        "down2",
+        "conv7",
+        "conv8",
+        "class_map",
+        "logits",
+    ]
     assert shapes["conv2"] == (2, 32, 32, 24)
     assert shapes["down1"] == (2, 16, 16, 24)
     assert shapes["down2"] == (2, 8, 8, 48)

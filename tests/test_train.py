@@ -52,8 +52,15 @@ def test_short_run_learns_digits(trained):
     rows = train.read_metrics(workdir)
     epochs = [r for r in rows if "epoch" in r]
     assert [r["epoch"] for r in epochs] == list(range(1, 11))
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
-                "train_images_per_sec", "train_step_time"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "train_images_per_sec",
+        "train_step_time",
+    ):
         assert key in epochs[-1], key
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert os.listdir(os.path.join(workdir, "tensorboard"))
@@ -80,8 +87,11 @@ def test_evaluate_cli_writes_json(trained):
     workdir, results = trained
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--split=test"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "accuracy" in proc.stdout
     written = [f for f in os.listdir(workdir) if f.startswith("eval_digits_test_")]
@@ -130,10 +140,16 @@ def test_incompatible_checkpoint_is_a_clear_error(trained, tmp_path):
 
 def _cli(workdir, *extra):
     return [
-        sys.executable, "-m", "experiments.train",
-        "--config=experiments/configs/allcnn.py:quick", f"--workdir={workdir}",
-        "--config.progress=False", "--config.num_devices=1", "--config.num_epochs=6", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=experiments/configs/allcnn.py:quick",
+        f"--workdir={workdir}",
+        "--config.progress=False",
+        "--config.num_devices=1",
+        "--config.num_epochs=6",
+        *extra,
+    ]
 
 
 def _final_params(workdir):
@@ -149,8 +165,14 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     subprocess.run(_cli(straight), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_cli(interrupted), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(interrupted),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = os.path.join(interrupted, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -165,8 +187,9 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         stopped = ckpts.latest_step()
     assert 0 < stopped < 6 * 20
 
-    resumed = subprocess.run(_cli(interrupted), cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        _cli(interrupted), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming at step {stopped}" in resumed.stdout + resumed.stderr
     a, b = _final_params(straight), _final_params(interrupted)
@@ -178,8 +201,9 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "nan")
     # Epoch 1 trains normally; at epoch 1 the rate is multiplied by 1e35 and the loss blows up.
-    config = quick(num_epochs=4, schedule="piecewise", decay_epochs=(1,), decay_factor=1e35,
-                   warmup_epochs=0.0)  # fmt: skip
+    config = quick(
+        num_epochs=4, schedule="piecewise", decay_epochs=(1,), decay_factor=1e35, warmup_epochs=0.0
+    )
     with pytest.raises(
         train.NonFiniteLossError,
         match=r"training stopped at step \d+: the train (loss|accuracy) is",
@@ -223,10 +247,19 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ):
         train.validate_config(config)
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/allcnn.py:quick",
-         "--workdir=/tmp/never", "--config.learnin_rate=0.1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config=experiments/configs/allcnn.py:quick",
+            "--workdir=/tmp/never",
+            "--config.learnin_rate=0.1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert (
         "unknown config key 'learnin_rate' (did you mean learning_rate?); valid keys:"
@@ -236,8 +269,14 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
 
 
 def test_schedules():
-    config = quick(schedule="piecewise", learning_rate=1.0, decay_epochs=(2, 4), decay_factor=0.1,
-                   warmup_epochs=0.0, num_epochs=6)  # fmt: skip
+    config = quick(
+        schedule="piecewise",
+        learning_rate=1.0,
+        decay_epochs=(2, 4),
+        decay_factor=0.1,
+        warmup_epochs=0.0,
+        num_epochs=6,
+    )
     s = train.make_schedule(config, steps_per_epoch=10)
     assert [float(s(i)) for i in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     config.warmup_epochs = 1.0

@@ -5,7 +5,13 @@ Importing this package does not import TensorFlow; loading a TFDS or image-folde
 
 from cnnjax.data._types import DataError, Dataset, Split, carve_validation
 from cnnjax.data.digits import load_digits
-from cnnjax.data.pipeline import augment, batch_indices, normalize
+from cnnjax.data.pipeline import (
+    apply_augment,
+    augment,
+    augment_params,
+    batch_indices,
+    normalize,
+)
 from cnnjax.data.preprocess import (
     Normalization,
     fit_zca,
@@ -19,7 +25,9 @@ __all__ = [
     "Dataset",
     "Normalization",
     "Split",
+    "apply_augment",
     "augment",
+    "augment_params",
     "batch_indices",
     "carve_validation",
     "fit_zca",

@@ -29,20 +29,33 @@ def normalize(images: jax.Array, norm: Normalization, dtype=jnp.float32) -> jax.
     return x.astype(dtype)
 
 
+def augment_params(key: jax.Array, n: int, crop_padding: int = 4, flip: bool = True):
+    """Random draws for ``n`` images: crop offsets (n, 2) in [0, 2·pad] and flips (n,).
+
+    Drawn for the global batch and sliced per device, so data-parallel paths see the same
+    augmentation as a single device.
+    """
+    k_crop, k_flip = jax.random.split(key)
+    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * crop_padding + 1)
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else jnp.zeros((n,), bool)
+    return offsets, flips
+
+
+def apply_augment(images: jax.Array, offsets: jax.Array, flips: jax.Array, crop_padding: int):
+    """Crops (after zero padding by ``crop_padding``) and flips (N, H, W, C) images."""
+    _, h, w, c = images.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = jnp.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
+        crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
+        images = jax.vmap(crop)(padded, offsets)
+    return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
 def augment(key: jax.Array, images: jax.Array, crop_padding: int = 4, flip: bool = True):
     """Random crop after zero padding by ``crop_padding`` pixels, and random horizontal flips.
 
     ``images`` (N, H, W, C) -> same shape; each image draws its own offsets and flip.
     """
-    n, h, w, _ = images.shape
-    k_crop, k_flip = jax.random.split(key)
-    if crop_padding > 0:
-        p = crop_padding
-        padded = jnp.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
-        offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * p + 1)
-        crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1]))
-        images = jax.vmap(crop)(padded, offsets)
-    if flip:
-        do = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
-        images = jnp.where(do, images[:, :, ::-1], images)
-    return images
+    offsets, flips = augment_params(key, images.shape[0], crop_padding, flip)
+    return apply_augment(images, offsets, flips, crop_padding)

@@ -44,6 +44,7 @@ def downsample_layer(
     train: bool,
     pool: str = "max",
     batch_norm: bool = False,
+    bn_axis_name: str | None = None,
     backend: str = "xla",
     dtype: Any = None,
 ) -> jnp.ndarray:
@@ -55,5 +56,13 @@ def downsample_layer(
         fn = ops.max_pool if pool == "max" else ops.avg_pool
         return fn(x, 3, 2, 1)
     return ConvBNAct(
-        x.shape[-1], 3, 2, 1, batch_norm=batch_norm, backend=backend, dtype=dtype, name=name
+        x.shape[-1],
+        3,
+        2,
+        1,
+        batch_norm=batch_norm,
+        bn_axis_name=bn_axis_name,
+        backend=backend,
+        dtype=dtype,
+        name=name,
     )(x, train)

@@ -55,6 +55,7 @@ class AllCNN(nn.Module):
     dropout: float = 0.5
     input_dropout: float = 0.2
     batch_norm: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     head_relu: bool = True
     conv_backend: str = "xla"
     dtype: Any = None
@@ -79,6 +80,7 @@ class AllCNN(nn.Module):
                 stride,
                 k // 2 if padding is None else padding,
                 batch_norm=self.batch_norm,
+                bn_axis_name=self.bn_axis_name,
                 activation=nn.relu if relu else None,
                 backend=self.conv_backend,
                 dtype=self.dtype,

@@ -62,6 +62,7 @@ class SmallInception(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     batch_norm: bool = True
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     downsample: str = "pool"
     conv_backend: str = "xla"
     dtype: Any = None
@@ -81,6 +82,7 @@ class SmallInception(nn.Module):
                 stride,
                 pad,
                 batch_norm=self.batch_norm,
+                bn_axis_name=self.bn_axis_name,
                 backend=self.conv_backend,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -104,6 +106,7 @@ class SmallInception(nn.Module):
                     name=f"down{n_down}_stride",
                     train=train,
                     batch_norm=self.batch_norm,
+                    bn_axis_name=self.bn_axis_name,
                     backend=self.conv_backend,
                     dtype=self.dtype,
                 )
@@ -122,6 +125,7 @@ class GoogLeNetSmall(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     batch_norm: bool = True
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     dropout: float = 0.4
     downsample: str = "pool"
     conv_backend: str = "xla"
@@ -135,6 +139,7 @@ class GoogLeNetSmall(nn.Module):
         feats = {}
         common = dict(
             batch_norm=self.batch_norm,
+            bn_axis_name=self.bn_axis_name,
             backend=self.conv_backend,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -153,6 +158,7 @@ class GoogLeNetSmall(nn.Module):
                 name=f"down{s}",
                 train=train,
                 batch_norm=self.batch_norm,
+                bn_axis_name=self.bn_axis_name,
                 backend=self.conv_backend,
                 dtype=self.dtype,
             )

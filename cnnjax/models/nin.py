@@ -34,6 +34,7 @@ class NiN(nn.Module):
     width: float = 1.0
     dropout: float = 0.5
     batch_norm: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     downsample: str = "pool"
     conv_backend: str = "xla"
     dtype: Any = None
@@ -46,6 +47,7 @@ class NiN(nn.Module):
         feats = {}
         common = dict(
             batch_norm=self.batch_norm,
+            bn_axis_name=self.bn_axis_name,
             backend=self.conv_backend,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -65,6 +67,7 @@ class NiN(nn.Module):
                     train=train,
                     pool="max" if b == 1 else "avg",
                     batch_norm=self.batch_norm,
+                    bn_axis_name=self.bn_axis_name,
                     backend=self.conv_backend,
                     dtype=self.dtype,
                 )

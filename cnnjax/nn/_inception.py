@@ -31,6 +31,7 @@ class Inception(nn.Module):
     c5: int
     pool_proj: int
     batch_norm: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -46,6 +47,7 @@ class Inception(nn.Module):
                 features,
                 kernel,
                 batch_norm=self.batch_norm,
+                bn_axis_name=self.bn_axis_name,
                 backend=self.backend,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,

@@ -117,6 +117,7 @@ class ConvBNAct(nn.Module):
     strides: int | Sequence[int] = 1
     padding: PaddingLike = "SAME"
     batch_norm: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = nn.relu
     backend: str = "xla"
     dtype: Any = None
@@ -138,6 +139,7 @@ class ConvBNAct(nn.Module):
         if self.batch_norm:
             x = nn.BatchNorm(
                 use_running_average=not train,
+                axis_name=self.bn_axis_name if train else None,
                 momentum=0.9,
                 epsilon=1e-5,
                 dtype=self.dtype,

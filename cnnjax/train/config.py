@@ -17,6 +17,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.width = 1.0
     c.batch_norm = config_dict.placeholder(bool)
     c.dropout = config_dict.placeholder(float)
+    c.input_dropout = config_dict.placeholder(float)  # All-CNN: dropout on the input images
     c.downsample = config_dict.placeholder(str)
     c.conv_backend = "xla"
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters

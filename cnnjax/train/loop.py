@@ -39,7 +39,7 @@ def build_model(config, num_classes: int):
     )
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
-    for key in ("batch_norm", "dropout", "downsample"):
+    for key in ("batch_norm", "dropout", "input_dropout", "downsample"):
         if config[key] is not None:
             overrides[key] = config[key]
     return models.get_model(config.model, **overrides)
@@ -58,12 +58,19 @@ def load_data(config) -> tuple[Dataset, Normalization]:
 
 
 def build_trainer(config, dataset: Dataset, norm: Normalization, mesh=None) -> Trainer:
+    """A :class:`Trainer` (jit over a mesh) or, with ``parallel="pmap"``, a ``PmapTrainer``."""
     mesh = mesh or parallel.make_mesh(config.num_devices)
     train = dataset.splits["train"]
     steps_per_epoch = len(train) // config.batch_size
     tx, schedule = make_optimizer(config, max(steps_per_epoch, 1))
-    return Trainer(
-        build_model(config, dataset.num_classes),
+    model = build_model(config, dataset.num_classes)
+    cls = Trainer
+    if config.parallel == "pmap":
+        from cnnjax.train.pmap import PmapTrainer
+
+        cls, model = PmapTrainer, model.clone(bn_axis_name=parallel.DATA)
+    return cls(
+        model,
         tx,
         schedule,
         norm,
@@ -110,12 +117,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     dataset, norm = load_data(config)
-    if config.parallel == "pmap":
-        from cnnjax.train.pmap import PmapTrainer
-
-        trainer = PmapTrainer.from_config(config, dataset, norm)
-    else:
-        trainer = build_trainer(config, dataset, norm)
+    trainer = build_trainer(config, dataset, norm)
     with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
         return _run(config, workdir, trainer, dataset, ckpts, lead)
 
@@ -125,7 +127,8 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
     total_steps = config.num_epochs * steps_per_epoch
     state = trainer.init_state()
     if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)  # raises CheckpointError before anything is written
+        # Raises CheckpointError before anything is written.
+        state = trainer.from_checkpoint(checkpoints.restore(trainer.checkpointable(state)))
     start = int(jax.device_get(trainer.step_of(state)))
     if lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -179,9 +182,14 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
                     resolve(pending)
                 pending = (step, metrics)
                 if bar is None and step == start + 2:
-                    bar = tqdm(total=total_steps, initial=step - 1, unit="step",
-                               disable=not (lead and config.progress), dynamic_ncols=True,
-                               leave=False)  # fmt: skip
+                    bar = tqdm(
+                        total=total_steps,
+                        initial=step - 1,
+                        unit="step",
+                        disable=not (lead and config.progress),
+                        dynamic_ncols=True,
+                        leave=False,
+                    )
                 if bar is not None:
                     bar.update(1)
                 epoch_end = step % steps_per_epoch == 0 or step == total_steps
@@ -190,8 +198,10 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
                     pending = None
                     row = log_sums.mean(prefix="train_")
                     if bar is not None and "train_images_per_sec" in row:
-                        bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                        img_s=f"{row['train_images_per_sec']:.0f}")  # fmt: skip
+                        bar.set_postfix(
+                            loss=f"{row['train_loss']:.3f}",
+                            img_s=f"{row['train_images_per_sec']:.0f}",
+                        )
                     writer.write(step, row)
                     log_sums = _Sums()
                 if epoch_end:
@@ -205,11 +215,13 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
                     writer.write(step, {"epoch": epoch, **summary})
                     say(_epoch_line(epoch, config.num_epochs, summary))
                     if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                        checkpoints.save(step, state, _ckpt_metrics(last_eval))
+                        checkpoints.save(
+                            step, trainer.checkpointable(state), _ckpt_metrics(last_eval)
+                        )
                 if stop.signal_name:
                     if pending is not None:
                         resolve(pending)
-                    checkpoints.save(step, state, _ckpt_metrics(last_eval))
+                    checkpoints.save(step, trainer.checkpointable(state), _ckpt_metrics(last_eval))
                     checkpoints.wait()
                     say(
                         f"received {stop.signal_name}: saved the checkpoint of step {step} in "
@@ -321,14 +333,16 @@ def evaluate_checkpoint(
         raise ValueError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
     trainer = build_trainer(config, data, norm)
     with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
-        state = ckpts.restore(trainer.init_state(), step)
+        state = trainer.from_checkpoint(
+            ckpts.restore(trainer.checkpointable(trainer.init_state()), step)
+        )
     s = data.splits[split]
     m = trainer.evaluate(state, s.images, s.labels, config.eval_batch_size)
     out = {
         "workdir": workdir,
         "dataset": config.dataset,
         "split": split,
-        "step": int(state.step),
+        "step": int(trainer.step_of(state)),
         "examples": len(s),
         **m,
     }

@@ -18,7 +18,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from cnnjax import parallel
-from cnnjax.data import Normalization, augment, batch_indices, normalize
+from cnnjax.data import Normalization, apply_augment, augment_params, batch_indices, normalize
 
 
 class TrainState(struct.PyTreeNode):
@@ -65,6 +65,10 @@ class Trainer:
         self.replicated = parallel.replicated(mesh)
         self.batch_sharding = parallel.batch_sharded(mesh)
 
+        self._compile()
+
+    def _compile(self) -> None:
+        """Shapes first, then shardings, then jit (the train state is donated)."""
         abstract = jax.eval_shape(self._init)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
         self.init_state = jax.jit(self._init, out_shardings=self.state_sharding)
@@ -109,12 +113,25 @@ class Trainer:
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (accuracy, updates.get("batch_stats", batch_stats))
 
-    def batch(self, step, images, labels):
-        """Training batch ``step``: gathered, normalised and augmented on the device."""
+    def batch(self, step, images, labels, part=None):
+        """Training batch ``step``: gathered, normalised and augmented on the device.
+
+        Indices and augmentation draws are made for the global batch; ``part`` = (index,
+        count) takes one device's share of them (the pmap path), otherwise the indices are
+        sharded over the mesh and each device gathers only its rows.
+        """
         idx = batch_indices(self._data_key, step, self.num_train, self.batch_size)
-        idx = jax.lax.with_sharding_constraint(idx, self.batch_sharding)
-        x = normalize(images[idx], self.norm)
-        x = augment(jax.random.fold_in(self._aug_key, step), x, self.crop_padding, self.flip)
+        aug_key = jax.random.fold_in(self._aug_key, step)
+        offsets, flips = augment_params(aug_key, self.batch_size, self.crop_padding, self.flip)
+        if part is None:
+            idx = jax.lax.with_sharding_constraint(idx, self.batch_sharding)
+        else:
+            i, count = part
+            size = self.batch_size // count
+            idx, offsets, flips = (
+                jax.lax.dynamic_slice_in_dim(a, i * size, size) for a in (idx, offsets, flips)
+            )
+        x = apply_augment(normalize(images[idx], self.norm), offsets, flips, self.crop_padding)
         return x, labels[idx]
 
     def _train_step(self, state: TrainState, images, labels):
@@ -160,7 +177,24 @@ class Trainer:
 
     def put_dataset(self, images, labels):
         """The training split, resident on every device (gathered per step inside jit)."""
-        return jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated)
+        return (
+            parallel.to_global(images, self.replicated),
+            parallel.to_global(labels, self.replicated),
+        )
+
+    def checkpointable(self, state: TrainState) -> TrainState:
+        """The state as it is saved (the jit path saves the global arrays as they are)."""
+        return state
+
+    def from_checkpoint(self, state: TrainState) -> TrainState:
+        return state
+
+    def _eval_batch(self, state, images, labels):
+        return self.eval_step(
+            state,
+            parallel.to_global(images, self.batch_sharding),
+            parallel.to_global(labels, self.batch_sharding),
+        )
 
     def evaluate(self, state: TrainState, images, labels, batch_size: int) -> dict[str, float]:
         """Loss and accuracy over a whole split, in padded batches of ``batch_size``."""
@@ -176,11 +210,7 @@ class Trainer:
             if pad:
                 xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
                 yb = np.concatenate([yb, -np.ones(pad, np.int32)])
-            out = self.eval_step(
-                state,
-                jax.device_put(xb, self.batch_sharding),
-                jax.device_put(yb, self.batch_sharding),
-            )
+            out = self._eval_batch(state, xb, yb)
             for k, v in jax.device_get(out).items():
                 totals[k] += v
         count = max(int(totals["count"]), 1)

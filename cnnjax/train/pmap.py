@@ -1,0 +1,91 @@
+"""The classic ``jax.pmap`` data-parallel step, kept beside the mesh path for comparison.
+
+``jax.pmap`` is in maintenance mode; :class:`cnnjax.train.Trainer` (``jax.jit`` over a device
+mesh) is the default. This path replicates the state with a leading device axis, gives each
+device its share of the same global batch (same indices and augmentation draws as the mesh
+path) and averages gradients, metrics and BatchNorm statistics with ``lax.pmean``. BatchNorm
+layers normalise with cross-device statistics (``bn_axis_name``), so without dropout both paths
+compute the same updates. Dropout masks differ (each device folds in its index).
+Single-host only: multi-host runs use the mesh path.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from jax import lax
+
+from cnnjax.parallel import DATA
+from cnnjax.train.trainer import Trainer, TrainState
+
+
+class PmapTrainer(Trainer):
+    """Same interface as :class:`Trainer`; states carry a leading device axis."""
+
+    def _compile(self) -> None:
+        self.devices = list(self.mesh.devices.flat)
+        n = len(self.devices)
+        # One copy per device; the mapped dummy argument gives pmap its axis size.
+        copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=self.devices)
+        self._replicate = lambda tree: copy(np.arange(n), tree)
+        self.init_state = lambda: self._replicate(jax.jit(self._init)())
+        step = jax.pmap(
+            self._pmap_train_step, axis_name=DATA, devices=self.devices, donate_argnums=(0,)
+        )
+        self.train_step = lambda state, images, labels: _first_metrics(step(state, images, labels))
+        self.eval_step = jax.pmap(self._pmap_eval_step, axis_name=DATA, devices=self.devices)
+
+    def _pmap_train_step(self, state: TrainState, images, labels):
+        n = lax.axis_size(DATA)
+        i = lax.axis_index(DATA)
+        x, y = self.batch(state.step, images, labels, part=(i, n))
+        dropout_key = jax.random.fold_in(jax.random.fold_in(self._dropout_key, state.step), i)
+        grad_fn = jax.value_and_grad(self.loss_and_updates, has_aux=True)
+        (loss, (accuracy, batch_stats)), grads = grad_fn(
+            state.params, state.batch_stats, x, y, dropout_key
+        )
+        grads = lax.pmean(grads, DATA)
+        batch_stats = lax.pmean(batch_stats, DATA)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = lax.pmean({"loss": loss, "accuracy": accuracy}, DATA)
+        metrics["learning_rate"] = self.schedule(state.step)
+        return new_state, metrics
+
+    def _pmap_eval_step(self, state, images, labels):
+        return lax.psum(self._eval_step(state, images, labels), DATA)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def step_of(self, state):
+        return state.step[0]
+
+    def params_of(self, state):
+        return jax.tree.map(lambda a: a[0], state.params)
+
+    def put_dataset(self, images, labels):
+        return self._replicate(images), self._replicate(labels)
+
+    def checkpointable(self, state):
+        return jax.tree.map(lambda a: a[0], state)
+
+    def from_checkpoint(self, state):
+        return self._replicate(state)
+
+    def _eval_batch(self, state, images, labels):
+        n = self.num_devices
+        split = lambda a: np.reshape(a, (n, -1, *a.shape[1:]))
+        return jax.tree.map(lambda a: a[0], self.eval_step(state, split(images), split(labels)))
+
+
+def _first_metrics(out):
+    state, metrics = out
+    return state, jax.tree.map(lambda m: m[0], metrics)

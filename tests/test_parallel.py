@@ -1,0 +1,167 @@
+"""Data parallelism: jit over a mesh, pmap and one device agree; batches land on the right
+devices; two real processes on the loopback interface match one process with four devices."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import parallel, train
+from cnnjax.data import load_dataset, preprocess
+from experiments.configs import allcnn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def standard_promotion():
+    with jax.numpy_dtype_promotion("standard"):  # optax internals; see test_train.py
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return preprocess(load_dataset("digits", image_size=16), "standardize")
+
+
+def _config(**overrides):
+    # SGD keeps update differences proportional to gradient differences (Adam would amplify
+    # rounding noise in near-zero gradients); no dropout, whose masks the paths draw differently.
+    c = allcnn.get_config("quick")
+    c.update(
+        dict(
+            optimizer="sgd",
+            learning_rate=0.01,
+            dropout=0.0,
+            input_dropout=0.0,
+            warmup_epochs=0.0,
+            progress=False,
+        )
+    )
+    c.update(overrides)
+    return c
+
+
+def _train(config, dataset, norm, steps):
+    trainer = train.build_trainer(config, dataset, norm)
+    state = trainer.init_state()
+    data = trainer.put_dataset(dataset.splits["train"].images, dataset.splits["train"].labels)
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, *data)
+    return trainer, jax.device_get(trainer.checkpointable(state)), float(metrics["loss"])
+
+
+def test_mesh_pmap_and_one_device_agree(digits):
+    dataset, norm = digits
+    _, one, loss_one = _train(_config(num_devices=1), dataset, norm, 6)
+    mesh_trainer, mesh, loss_mesh = _train(_config(num_devices=4), dataset, norm, 6)
+    pmap_trainer, pm, loss_pmap = _train(_config(num_devices=4, parallel="pmap"), dataset, norm, 6)
+    assert mesh_trainer.num_devices == pmap_trainer.num_devices == 4
+    assert int(one.step) == int(mesh.step) == int(pm.step) == 6
+    for other in (mesh, pm):
+        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(other.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(
+            jax.tree.leaves(one.batch_stats), jax.tree.leaves(other.batch_stats), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert loss_mesh == pytest.approx(loss_one, rel=1e-4)
+    assert loss_pmap == pytest.approx(loss_one, rel=1e-4)
+
+
+def test_each_device_holds_its_slice_of_the_batch(digits):
+    dataset, norm = digits
+    trainer = train.build_trainer(_config(num_devices=4, crop_padding=0), dataset, norm)
+    images, labels = trainer.put_dataset(
+        dataset.splits["train"].images, dataset.splits["train"].labels
+    )
+    x, _ = jax.jit(trainer.batch)(np.int32(3), images, labels)
+    assert x.shape[0] == 64
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
+    assert [s.data.shape[0] for s in shards] == [16] * 4
+    assert len({s.device for s in shards}) == 4
+    full = np.asarray(x)
+    for i, s in enumerate(shards):
+        np.testing.assert_array_equal(np.asarray(s.data), full[16 * i : 16 * (i + 1)])
+    # The pmap path's share for device i is the same rows.
+    xi, _ = trainer.batch(np.int32(3), images, labels, part=(2, 4))
+    np.testing.assert_allclose(np.asarray(xi), full[32:48], rtol=1e-6, atol=1e-6)
+
+
+def test_indivisible_global_batch_is_a_clear_error(digits):
+    dataset, norm = digits
+    with pytest.raises(
+        ValueError, match=r"`batch_size`=30 must be divisible by the number of devices \(4\)"
+    ):
+        train.build_trainer(_config(num_devices=4, batch_size=30), dataset, norm)
+    with pytest.raises(ValueError, match="`num_devices` must be between 1 and 4"):
+        parallel.make_mesh(9)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_match_one_process_with_four_devices(digits, tmp_path):
+    dataset, norm = digits
+    workdir = str(tmp_path / "multihost")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_NUM_CPU_DEVICES": "2",
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        "JAX_PLATFORMS": "cpu",
+    }
+    args = [
+        "--config=experiments/configs/allcnn.py:quick",
+        f"--workdir={workdir}",
+        "--config.optimizer=sgd",
+        "--config.learning_rate=0.01",
+        "--config.dropout=0.0",
+        "--config.input_dropout=0.0",
+        "--config.warmup_epochs=0.0",
+        "--config.num_epochs=1",
+        "--config.batch_size=256",
+        "--config.progress=False",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", *args, f"--process_id={i}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=420)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "4 device(s)" in outs[0]  # 2 processes x 2 devices form one mesh
+    assert "epoch 1/1" in outs[0] and "epoch 1/1" not in outs[1]  # only process 0 logs
+
+    config = _config(num_devices=4, num_epochs=1, batch_size=256)
+    trainer, reference, _ = _train(config, dataset, norm, 5)
+    with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
+        assert ckpts.latest_step() == 5  # 1,294 training images // 256
+        restored = jax.device_get(ckpts.restore(trainer.init_state()))
+    for a, b in zip(
+        jax.tree.leaves(reference.params), jax.tree.leaves(restored.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
