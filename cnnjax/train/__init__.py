@@ -8,6 +8,7 @@ from cnnjax.train.loop import (
     build_trainer,
     evaluate_checkpoint,
     load_data,
+    load_run,
     train_and_evaluate,
 )
 from cnnjax.train.metrics import MetricWriter, read_metrics
@@ -26,6 +27,7 @@ __all__ = [
     "default_config",
     "evaluate_checkpoint",
     "load_data",
+    "load_run",
     "make_optimizer",
     "make_schedule",
     "read_metrics",

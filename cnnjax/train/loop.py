@@ -212,6 +212,7 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
                         m = trainer.evaluate(state, val.images, val.labels, config.eval_batch_size)
                         last_eval = _prefixed("val_", m)
                         summary.update(last_eval)
+                    summary["elapsed_seconds"] = time.perf_counter() - run_start
                     writer.write(step, {"epoch": epoch, **summary})
                     say(_epoch_line(epoch, config.num_epochs, summary))
                     if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
@@ -245,7 +246,8 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
 
 
 def _final_results(config, trainer, state, dataset, num_params, run_start, compile_s):
-    results: dict[str, float] = {"num_params": float(num_params)}
+    flops = models.count_flops(trainer.model, dataset.image_shape)
+    results: dict[str, float] = {"num_params": float(num_params), "flops_per_image": flops}
     for split in ("validation", "test"):
         if split in dataset.splits:
             s = dataset.splits[split]
@@ -298,19 +300,17 @@ def _epoch_line(epoch: int, num_epochs: int, m: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-def evaluate_checkpoint(
+def load_run(
     workdir: str,
     *,
+    step: int | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
-    split: str | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-    """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
+):
+    """A finished or interrupted run, rebuilt from its ``config.json`` and checkpoint.
 
-    The run's ``config.json`` rebuilds the model and preprocessing; ``dataset``/``data_dir``
-    swap the data (same image shape and classes). ``split`` defaults to ``test`` when the
-    dataset has one, else ``validation``.
+    Returns ``(config, trainer, state, data)``; ``dataset``/``data_dir`` swap the data (same
+    image shape and number of classes).
     """
     import ml_collections
 
@@ -328,17 +328,33 @@ def evaluate_checkpoint(
     if data_dir is not None:
         config.data_dir = data_dir
     data, norm = load_data(config)
-    split = split or ("test" if "test" in data.splits else "validation")
-    if split not in data.splits:
-        raise ValueError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
     trainer = build_trainer(config, data, norm)
     with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
         state = trainer.from_checkpoint(
             ckpts.restore(trainer.checkpointable(trainer.init_state()), step)
         )
+    return config, trainer, state, data
+
+
+def evaluate_checkpoint(
+    workdir: str,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    step: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
+
+    ``split`` defaults to ``test`` when the dataset has one, else ``validation``.
+    """
+    config, trainer, state, data = load_run(workdir, step=step, dataset=dataset, data_dir=data_dir)
+    split = split or ("test" if "test" in data.splits else "validation")
+    if split not in data.splits:
+        raise ValueError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
     s = data.splits[split]
     m = trainer.evaluate(state, s.images, s.labels, config.eval_batch_size)
-    out = {
+    return {
         "workdir": workdir,
         "dataset": config.dataset,
         "split": split,
@@ -346,7 +362,6 @@ def evaluate_checkpoint(
         "examples": len(s),
         **m,
     }
-    return out
 
 
 def _tuples(d):

@@ -1,0 +1,61 @@
+"""The pooling-versus-strided-convolution study (Springenberg et al. 2015, Table 3).
+
+    python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:quick
+    python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:cpu
+    python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:paper \
+        --config.train.dataset=cifar10
+
+Fields: ``variants`` (registry names), ``seeds`` (how many), ``learning_rates`` (a grid; the
+best mean validation accuracy picks each variant's rate, as in the paper; empty: the train
+config's rate), ``out_dir``, and ``train``, a full training config
+(``--config.train.num_epochs=20``).
+
+Variants:
+  quick  the four model-C variants on digits, 2 seeds, ~2 minutes on 2 CPU cores.
+  cpu    the four model-C variants at width 0.25 on CIFAR-10 from the image folder in
+         .cache/cifar10-jpeg (held-out validation split), 2 seeds, BatchNorm + AdamW with a
+         cosine schedule for 5 epochs: about an hour on 2 CPU cores.
+  paper  the paper's recipe (350 epochs, SGD, lr grid 0.25/0.1/0.05/0.01, GCN + ZCA, no
+         BatchNorm) for the twelve variants of models A, B and C. Meant for accelerators.
+"""
+
+import ml_collections
+
+from experiments.configs import allcnn
+
+C_VARIANTS = "model_c,strided_cnn_c,convpool_cnn_c,all_cnn_c"
+
+
+def get_config(arg: str | None = None):
+    c = ml_collections.ConfigDict()
+    c.variants = C_VARIANTS
+    c.seeds = 2
+    c.learning_rates = ""
+    c.out_dir = "results/pool_vs_stride"
+    arg = arg or "quick"
+    if arg == "quick":
+        c.train = allcnn.get_config("quick")
+        c.out_dir = "results/pool_vs_stride_quick"
+    elif arg == "cpu":
+        c.train = allcnn.get_config("cpu")
+        c.train.width = 0.25
+        c.train.num_epochs = 5
+        c.train.batch_norm = True
+        c.train.dropout = 0.0
+        c.train.optimizer = "adamw"
+        c.train.learning_rate = 3e-3
+        c.train.weight_decay = 5e-4
+        c.train.warmup_epochs = 0.5
+        c.train.log_every_steps = 100
+        c.out_dir = "results/pool_vs_stride_cpu"
+    elif arg == "paper":
+        c.train = allcnn.get_config("paper")
+        c.variants = ",".join(
+            f"{v}_{b}" for b in "abc" for v in ("model", "strided_cnn", "convpool_cnn", "all_cnn")
+        )
+        c.learning_rates = "0.25,0.1,0.05,0.01"
+        c.seeds = 1
+        c.out_dir = "results/pool_vs_stride_paper"
+    else:
+        raise ValueError(f"unknown study {arg!r}; use 'quick', 'cpu' or 'paper'.")
+    return c
