@@ -23,7 +23,6 @@ flags.DEFINE_string("workdir2", None, "Optional second run, shown beside the fir
 flags.DEFINE_integer("num_images", 3, "Validation images to show.")
 flags.DEFINE_integer("channels", 6, "Feature maps shown per stage.")
 flags.DEFINE_string("out", None, "Output PNG (default: <workdir>/feature_maps.png).")
-flags.mark_flag_as_required("workdir")
 
 
 def _unit(a):
@@ -100,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
     app.run(main)
