@@ -51,6 +51,15 @@ def _to_numpy(ds, image_size: int | None, what: str) -> Split:
     return Split(np.concatenate(images), np.concatenate(labels))
 
 
+def _read_splits(builder, image_size: int | None, what: str, names=None) -> dict[str, Split]:
+    """Every split of a TFDS builder (``names`` when it has no split metadata) as arrays."""
+    splits = {}
+    for split in names or list(builder.info.splits):
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        splits[split] = _to_numpy(ds, image_size, f"{what}/{split}")
+    return splits
+
+
 def _finish(name, num_classes, splits: dict[str, Split], val_fraction, seed) -> Dataset:
     for alias in VALIDATION_NAMES[1:]:
         if alias in splits and "validation" not in splits:
@@ -93,11 +102,9 @@ def load_tfds(
         builder.download_and_prepare()
     features = builder.info.features
     num_classes = features["label"].num_classes
-    splits = {}
     # Builders without split metadata (e.g. under tfds.testing.mock_data) get the usual two.
-    for split in list(builder.info.splits) or ["train", "test"]:
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-        splits[split] = _to_numpy(ds, image_size, f"{name}/{split}")
+    names = list(builder.info.splits) or ["train", "test"]
+    splits = _read_splits(builder, image_size, name, names)
     return _finish(name, num_classes, splits, val_fraction, seed)
 
 
@@ -137,10 +144,7 @@ def load_image_folder(
 
         builder = tfds.ImageFolder(root)
         num_classes = builder.info.features["label"].num_classes
-        splits = {}
-        for split in builder.info.splits:
-            ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-            splits[split] = _to_numpy(ds, image_size, f"{root}/{split}")
+        splits = _read_splits(builder, image_size, root)
         os.makedirs(cache_dir, exist_ok=True)
         arrays = {
             f"{n}_{k}": getattr(s, k) for n, s in splits.items() for k in ("images", "labels")

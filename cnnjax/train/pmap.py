@@ -11,13 +11,14 @@ Single-host only: multi-host runs use the mesh path.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
-import optax
 from jax import lax
 
 from cnnjax.parallel import DATA
-from cnnjax.train.trainer import Trainer, TrainState
+from cnnjax.train.trainer import Trainer
 
 
 class PmapTrainer(Trainer):
@@ -31,32 +32,13 @@ class PmapTrainer(Trainer):
         self._replicate = lambda tree: copy(np.arange(n), tree)
         self.init_state = lambda: self._replicate(jax.jit(self._init)())
         step = jax.pmap(
-            self._pmap_train_step, axis_name=DATA, devices=self.devices, donate_argnums=(0,)
+            functools.partial(self._train_step, axis_name=DATA),
+            axis_name=DATA,
+            devices=self.devices,
+            donate_argnums=(0,),
         )
         self.train_step = lambda state, images, labels: _first_metrics(step(state, images, labels))
         self.eval_step = jax.pmap(self._pmap_eval_step, axis_name=DATA, devices=self.devices)
-
-    def _pmap_train_step(self, state: TrainState, images, labels):
-        n = lax.axis_size(DATA)
-        i = lax.axis_index(DATA)
-        x, y = self.batch(state.step, images, labels, part=(i, n))
-        dropout_key = jax.random.fold_in(jax.random.fold_in(self._dropout_key, state.step), i)
-        grad_fn = jax.value_and_grad(self.loss_and_updates, has_aux=True)
-        (loss, (accuracy, batch_stats)), grads = grad_fn(
-            state.params, state.batch_stats, x, y, dropout_key
-        )
-        grads = lax.pmean(grads, DATA)
-        batch_stats = lax.pmean(batch_stats, DATA)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
-        metrics = lax.pmean({"loss": loss, "accuracy": accuracy}, DATA)
-        metrics["learning_rate"] = self.schedule(state.step)
-        return new_state, metrics
 
     def _pmap_eval_step(self, state, images, labels):
         return lax.psum(self._eval_step(state, images, labels), DATA)

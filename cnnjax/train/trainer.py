@@ -134,13 +134,27 @@ class Trainer:
         x = apply_augment(normalize(images[idx], self.norm), offsets, flips, self.crop_padding)
         return x, labels[idx]
 
-    def _train_step(self, state: TrainState, images, labels):
-        x, y = self.batch(state.step, images, labels)
-        dropout_key = jax.random.fold_in(self._dropout_key, state.step)
+    def _train_step(self, state: TrainState, images, labels, axis_name: str | None = None):
+        """One optimiser step on batch ``state.step``.
+
+        With ``axis_name`` (inside ``jax.pmap``) each device takes its share of the global
+        batch, and gradients, metrics and BatchNorm statistics are averaged over the axis.
+        """
+        part, dropout_key = None, jax.random.fold_in(self._dropout_key, state.step)
+        mean = lambda tree: tree
+        if axis_name is not None:
+            i = jax.lax.axis_index(axis_name)
+            part, dropout_key = (
+                (i, jax.lax.axis_size(axis_name)),
+                jax.random.fold_in(dropout_key, i),
+            )
+            mean = lambda tree: jax.lax.pmean(tree, axis_name)
+        x, y = self.batch(state.step, images, labels, part)
         grad_fn = jax.value_and_grad(self.loss_and_updates, has_aux=True)
         (loss, (accuracy, batch_stats)), grads = grad_fn(
             state.params, state.batch_stats, x, y, dropout_key
         )
+        grads, batch_stats = mean(grads), mean(batch_stats)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
@@ -148,7 +162,8 @@ class Trainer:
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        metrics = {"loss": loss, "accuracy": accuracy, "learning_rate": self.schedule(state.step)}
+        metrics = mean({"loss": loss, "accuracy": accuracy})
+        metrics["learning_rate"] = self.schedule(state.step)
         return new_state, metrics
 
     def _eval_step(self, state: TrainState, images, labels):
