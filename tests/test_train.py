@@ -64,6 +64,7 @@ def test_short_run_learns_digits(trained):
         assert key in epochs[-1], key
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"] == "all_cnn_c"
     with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:

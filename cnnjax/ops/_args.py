@@ -6,7 +6,6 @@ and says what was expected, so users never see an XLA stack trace for a shape mi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -46,13 +45,6 @@ def check_float(x, name: str) -> None:
         raise TypeError(
             f"`{name}` must have a floating-point dtype (float32, bfloat16, ...), got {dtype}; "
             f"cast it first, e.g. {name}.astype(jnp.float32)."
-        )
-
-
-def check_rank(x, rank: int, name: str, layout: str) -> None:
-    if jnp.ndim(x) != rank:
-        raise ValueError(
-            f"`{name}` must have rank {rank} ({layout}), got shape {tuple(jnp.shape(x))}."
         )
 
 
@@ -144,7 +136,3 @@ def pad_input(x: jnp.ndarray, pads: Pads, mode: str) -> jnp.ndarray:
                 f"spatial axis {axis} ({n} pixels), got ({lo}, {hi})."
             )
     return jnp.pad(x, widths, mode="wrap")
-
-
-def prod(values) -> int:
-    return math.prod(int(v) for v in values)

@@ -25,6 +25,7 @@ from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import validate_config
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.optim import make_optimizer
+from cnnjax.train.plots import plot_curves
 from cnnjax.train.trainer import Trainer
 
 
@@ -241,6 +242,7 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
     if lead:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
+        plot_curves(workdir)
         say("final: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
     return results
 
