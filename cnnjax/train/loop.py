@@ -220,6 +220,7 @@ def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, floa
                         checkpoints.save(
                             step, trainer.checkpointable(state), _ckpt_metrics(last_eval)
                         )
+                    t_last = time.perf_counter()  # evaluation time is not step time
                 if stop.signal_name:
                     if pending is not None:
                         resolve(pending)
