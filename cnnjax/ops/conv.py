@@ -139,9 +139,9 @@ def conv_geometry(
 # the blocked direct convolution, which FFT_PENALTY accounts for; the frequency-domain channel
 # contraction is a complex multiply-add (4 real multiply-adds) per (frequency, Cin, Cout).
 # FFT_PENALTY was fitted to experiments/conv_backends.py on a 2-core x86 CPU (8x64x64, 16->16,
-# forward + backward): measured FFT/XLA time over the raw model ratio is 4 at k=3, 6.5 at the
-# k=7 crossover and 9 at k=15 (XLA reaches a higher flop rate on large kernels).
-FFT_PENALTY = 6.5
+# forward + backward): the measured crossover lies between k=7 (FFT 1.6x slower) and k=9 (FFT
+# 1.7x faster), where the raw model ratios are 0.15 and 0.09; 8.5 puts the switch there.
+FFT_PENALTY = 8.5
 
 
 def conv_cost(geom: ConvGeometry) -> dict[str, float]:
