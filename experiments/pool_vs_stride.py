@@ -140,7 +140,7 @@ HEADER = [
     "train time (s)",
     "img/s",
     "learning rate",
-    "paper error (%)",
+    "paper CIFAR-10 error (%)",
 ]
 
 

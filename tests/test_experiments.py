@@ -53,7 +53,7 @@ def test_study_writes_table_and_plots(study):
         assert r["learning rate"] in ("0.003", "0.001")
         assert r["parameters"].replace(",", "").isdigit()
         assert "(test)" in r["error (%)"]
-        assert r["paper error (%)"] in ("9.74", "9.08")
+        assert r["paper CIFAR-10 error (%)"] in ("9.74", "9.08")
     best = {r["variant"]: r for r in pool_vs_stride.summarize(records)}
     for variant in ("model_c", "all_cnn_c"):
         accs = {r["lr"]: r["results"]["val_accuracy"] for r in records if r["variant"] == variant}
