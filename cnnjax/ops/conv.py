@@ -145,7 +145,8 @@ FFT_PENALTY = 8.5
 
 
 def conv_cost(geom: ConvGeometry) -> dict[str, float]:
-    """Estimated cost of each backend for a validated problem (see the constants above)."""
+    """Estimated cost of the "xla" and "fft" backends for a validated problem, in units of
+    direct-convolution multiply-adds (see the constants above)."""
     nd = len(geom.x_shape) - 2
     n, cin = geom.x_shape[0], geom.x_shape[-1]
     cout, cin_g = geom.w_shape[-1], geom.w_shape[-2]
@@ -159,15 +160,12 @@ def conv_cost(geom: ConvGeometry) -> dict[str, float]:
     freqs = p // lengths[-1] * (lengths[-1] // 2 + 1)
     transforms = 2.5 * p * math.log2(max(p, 2)) / 2 * (n * cin + cin_g * cout + n * cout)
     contraction = 4 * n * freqs * cin_g * cout
-    costs = {
-        "xla": float(direct),
-        "gemm": float(direct) * 1.1,
-        "fft": FFT_PENALTY * (transforms + contraction),
-    }
-    if _winograd_ok(geom):
-        # F(2x2,3x3): 16 multiplies per 2x2 output tile instead of 36, plus transforms.
-        costs["winograd"] = float(direct) * (16 / 36) * 1.6
-    return costs
+    return {"xla": float(direct), "fft": FFT_PENALTY * (transforms + contraction)}
+
+
+def _cheapest(geom: ConvGeometry) -> str:
+    costs = conv_cost(geom)
+    return "fft" if costs["fft"] < costs["xla"] else "xla"
 
 
 def _winograd_ok(geom: ConvGeometry) -> bool:
@@ -193,13 +191,13 @@ def select_backend(
     """The backend ``backend="auto"`` would use for these shapes (cheapest by :func:`conv_cost`).
 
     Only "xla" and "fft" are candidates: the gemm and Winograd backends exist to show the
-    algorithms and to be measured, and XLA's convolution beats them on the CPUs we measured.
+    algorithms and to be measured; at the layer sizes of experiments/conv_backends.py XLA's
+    convolution beats them (gemm does win on wide CPU layers, see experiments/perf_notes.md).
     """
     geom = conv_geometry(
         x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups
     )
-    costs = conv_cost(geom)
-    return "fft" if costs["fft"] < costs["xla"] else "xla"
+    return _cheapest(geom)
 
 
 def conv(
@@ -256,8 +254,7 @@ def conv(
         pads = ((0, 0),) * len(pads)
         geom = geom._replace(x_shape=tuple(x.shape), pads=pads)
     if backend == "auto":
-        costs = conv_cost(geom)
-        backend = "fft" if costs["fft"] < costs["xla"] else "xla"
+        backend = _cheapest(geom)
     elif backend == "winograd" and not _winograd_ok(geom):
         raise ValueError(
             "`backend='winograd'` implements F(2x2, 3x3): it needs a 2-d 3x3 kernel with "

@@ -8,6 +8,7 @@ to the *first* maximum in row-major order (first wins; ties are not split).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -66,10 +67,7 @@ def avg_pool(
     win, strides, pads = _window_args(x, window, stride, padding)
     total = _sum_pool(x, win, strides, pads)
     if count_include_pad:
-        size = 1
-        for w in win:
-            size *= w
-        return total / jnp.asarray(size, x.dtype)
+        return total / jnp.asarray(math.prod(win), x.dtype)
     ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
     return total / _sum_pool(ones, win, strides, pads)
 

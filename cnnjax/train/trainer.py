@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -213,8 +214,6 @@ class Trainer:
 
     def evaluate(self, state: TrainState, images, labels, batch_size: int) -> dict[str, float]:
         """Loss and accuracy over a whole split, in padded batches of ``batch_size``."""
-        import numpy as np
-
         devices = self.mesh.size
         batch_size = max(devices, batch_size // devices * devices)
         totals = {"loss": 0.0, "correct": 0, "count": 0}
