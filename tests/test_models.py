@@ -188,3 +188,15 @@ def test_model_rejects_bad_input():
         model.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
     with pytest.raises(TypeError, match="floating-point"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
+
+
+@pytest.mark.parametrize("name", ["all_cnn_c", "nin", "small_inception", "googlenet_small"])
+def test_every_convolution_gets_the_model_settings(name):
+    # Including the 3x3 stride-2 convolutions that replace pooling.
+    model = models.get_model(name, width=0.25, downsample="stride", param_dtype=jnp.bfloat16)
+    # Flax's BatchNorm multiplies float32 activations by bfloat16 scales, which strict
+    # promotion (conftest) rejects; the library itself is fine under standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        variables = _abstract_vars(model)
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(variables["params"])}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}

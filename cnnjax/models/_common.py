@@ -36,33 +36,26 @@ def keep(features: dict[str, jnp.ndarray], name: str, x: jnp.ndarray) -> jnp.nda
     return x
 
 
+def conv_settings(model) -> dict[str, Any]:
+    """The ConvBNAct arguments every zoo model forwards to its convolutions."""
+    return dict(
+        batch_norm=model.batch_norm,
+        bn_axis_name=model.bn_axis_name,
+        backend=model.conv_backend,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+    )
+
+
 def downsample_layer(
-    x: jnp.ndarray,
-    *,
-    kind: str,
-    name: str,
-    train: bool,
-    pool: str = "max",
-    batch_norm: bool = False,
-    bn_axis_name: str | None = None,
-    backend: str = "xla",
-    dtype: Any = None,
+    x: jnp.ndarray, *, kind: str, name: str, train: bool, pool: str = "max", **conv: Any
 ) -> jnp.ndarray:
-    """Halves H and W: a 3×3 stride-2 pool, or a learned 3×3 stride-2 convolution in its place.
+    """Halves H and W: a 3×3 stride-2 pool, or a learned 3×3 stride-2 convolution in its place
+    (``conv``: ConvBNAct arguments, see :func:`conv_settings`).
 
     Both use one pixel of padding on each side, so 32 -> 16 -> 8 for either choice.
     """
     if kind == "pool":
         fn = ops.max_pool if pool == "max" else ops.avg_pool
         return fn(x, 3, 2, 1)
-    return ConvBNAct(
-        x.shape[-1],
-        3,
-        2,
-        1,
-        batch_norm=batch_norm,
-        bn_axis_name=bn_axis_name,
-        backend=backend,
-        dtype=dtype,
-        name=name,
-    )(x, train)
+    return ConvBNAct(x.shape[-1], 3, 2, 1, name=name, **conv)(x, train)

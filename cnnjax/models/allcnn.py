@@ -29,7 +29,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax import ops
-from cnnjax.models._common import check_downsample, check_input, keep, scaled
+from cnnjax.models._common import (
+    check_downsample,
+    check_input,
+    conv_settings,
+    keep,
+    scaled,
+)
 from cnnjax.nn import ConvBNAct
 
 # (kernel, channels) of the two blocks that precede each downsampling step (Table 1).
@@ -79,13 +85,9 @@ class AllCNN(nn.Module):
                 k,
                 stride,
                 k // 2 if padding is None else padding,
-                batch_norm=self.batch_norm,
-                bn_axis_name=self.bn_axis_name,
                 activation=nn.relu if relu else None,
-                backend=self.conv_backend,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
                 name=name,
+                **conv_settings(self),
             )(x, train)
             return keep(feats, name, y)
 

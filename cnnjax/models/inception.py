@@ -28,6 +28,7 @@ from cnnjax import ops
 from cnnjax.models._common import (
     check_downsample,
     check_input,
+    conv_settings,
     downsample_layer,
     keep,
     scaled,
@@ -81,12 +82,8 @@ class SmallInception(nn.Module):
                 k,
                 stride,
                 pad,
-                batch_norm=self.batch_norm,
-                bn_axis_name=self.bn_axis_name,
-                backend=self.conv_backend,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
                 name=name,
+                **conv_settings(self),
             )
 
         x = keep(feats, "stem", cba(96, 3, name="stem")(x, train))
@@ -105,15 +102,14 @@ class SmallInception(nn.Module):
                     kind=self.downsample,
                     name=f"down{n_down}_stride",
                     train=train,
-                    batch_norm=self.batch_norm,
-                    bn_axis_name=self.bn_axis_name,
-                    backend=self.conv_backend,
-                    dtype=self.dtype,
+                    **conv_settings(self),
                 )
                 x = jnp.concatenate([conv, other.astype(conv.dtype)], axis=-1)
                 keep(feats, f"down{n_down}", x)
         pooled = keep(feats, "pooled", ops.global_avg_pool(x.astype(jnp.float32)))
-        logits = nn.Dense(self.num_classes, param_dtype=self.param_dtype, name="head")(pooled)
+        logits = nn.Dense(
+            self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="head"
+        )(pooled)
         keep(feats, "logits", logits)
         return (logits, feats) if return_features else logits
 
@@ -137,13 +133,7 @@ class GoogLeNetSmall(nn.Module):
         check_input(x, "GoogLeNetSmall")
         check_downsample(self.downsample)
         feats = {}
-        common = dict(
-            batch_norm=self.batch_norm,
-            bn_axis_name=self.bn_axis_name,
-            backend=self.conv_backend,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        common = conv_settings(self)
         x = ConvBNAct(scaled(192, self.width), 3, name="stem", **common)(x, train)
         keep(feats, "stem", x)
         stages = (("3a", "3b"), ("4a",))
@@ -157,14 +147,13 @@ class GoogLeNetSmall(nn.Module):
                 kind=self.downsample,
                 name=f"down{s}",
                 train=train,
-                batch_norm=self.batch_norm,
-                bn_axis_name=self.bn_axis_name,
-                backend=self.conv_backend,
-                dtype=self.dtype,
+                **conv_settings(self),
             )
             keep(feats, f"down{s}", x)
         pooled = keep(feats, "pooled", ops.global_avg_pool(x.astype(jnp.float32)))
         pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
-        logits = nn.Dense(self.num_classes, param_dtype=self.param_dtype, name="head")(pooled)
+        logits = nn.Dense(
+            self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="head"
+        )(pooled)
         keep(feats, "logits", logits)
         return (logits, feats) if return_features else logits

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from cnnjax.models._common import (
     check_downsample,
     check_input,
+    conv_settings,
     downsample_layer,
     keep,
     scaled,
@@ -45,13 +46,7 @@ class NiN(nn.Module):
         check_input(x, "NiN")
         check_downsample(self.downsample)
         feats = {}
-        common = dict(
-            batch_norm=self.batch_norm,
-            bn_axis_name=self.bn_axis_name,
-            backend=self.conv_backend,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        common = conv_settings(self)
         for b, block in enumerate(BLOCKS, start=1):
             layers = [(k, scaled(c, self.width)) for k, c in block]
             if b == len(BLOCKS):
@@ -66,10 +61,7 @@ class NiN(nn.Module):
                     name=f"down{b}",
                     train=train,
                     pool="max" if b == 1 else "avg",
-                    batch_norm=self.batch_norm,
-                    bn_axis_name=self.bn_axis_name,
-                    backend=self.conv_backend,
-                    dtype=self.dtype,
+                    **conv_settings(self),
                 )
                 keep(feats, f"down{b}", x)
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)

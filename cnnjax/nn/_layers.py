@@ -142,7 +142,7 @@ class ConvBNAct(nn.Module):
                 axis_name=self.bn_axis_name if train else None,
                 momentum=0.9,
                 epsilon=1e-5,
-                dtype=self.dtype,
+                dtype=x.dtype,  # the convolution's computation dtype, whatever param_dtype is
                 param_dtype=self.param_dtype,
                 name="bn",
             )(x)
