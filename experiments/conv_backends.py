@@ -4,12 +4,14 @@
     python -m experiments.conv_backends --image_size=32 --kernels=1,3,5,7 --repeats=3
 
 Prints a table of median milliseconds (forward, and forward + backward with respect to input
-and kernel; compilation excluded), writes ``conv_backends.csv`` and ``conv_backends.png`` to
-``--out_dir`` and reports the smallest kernel from which the FFT beats XLA at every size.
+and kernel for a random output gradient; compilation excluded), writes ``conv_backends.csv``
+and ``conv_backends.png`` to ``--out_dir`` and reports the smallest kernel from which the FFT
+beats XLA at every size.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from cnnjax import ops
+from cnnjax import ops, parallel
 from experiments import _bench
 
 FLAGS = flags.FLAGS
@@ -47,11 +49,19 @@ def time_backend(backend: str, k: int) -> tuple[float, float]:
     shape = (FLAGS.batch, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, FLAGS.channels, FLAGS.out_channels)), jnp.float32)
-    fwd = jax.jit(lambda x, w: ops.conv2d(x, w, padding="SAME", backend=backend))
-    both = jax.jit(jax.grad(lambda x, w: jnp.sum(fwd(x, w)), argnums=(0, 1)))
+    options = parallel.compiler_options()
+    conv = functools.partial(ops.conv2d, padding="SAME", backend=backend)
+    fwd = jax.jit(conv, compiler_options=options)
+    # A random output gradient, passed in: with jnp.sum as the loss the gradient would be a
+    # constant of ones, which XLA folds into the backward pass unlike any real training step.
+    g = jnp.asarray(rng.standard_normal(jax.eval_shape(fwd, x, w).shape), jnp.float32)
+    both = jax.jit(
+        jax.grad(lambda x, w, g: jnp.vdot(conv(x, w), g), argnums=(0, 1)),
+        compiler_options=options,
+    )
     return (
         _bench.median_seconds(lambda: fwd(x, w), FLAGS.repeats),
-        _bench.median_seconds(lambda: both(x, w), FLAGS.repeats),
+        _bench.median_seconds(lambda: both(x, w, g), FLAGS.repeats),
     )
 
 

@@ -328,3 +328,18 @@ def test_integer_and_mixed_dtypes_are_rejected():
 def test_same_padding_rule():
     assert _args.same_pads((7,), (4,), (2,), (1,)) == ((1, 2),)
     assert ops.conv_geometry((1, 7, 8, 1), (3, 3, 1, 1), stride=2).out_shape == (1, 4, 4, 1)
+
+
+def test_add_bias_gradient_accumulates_in_float32():
+    rng = np.random.default_rng(0)
+    g = jnp.asarray(rng.uniform(0.5, 1.5, (64, 16, 16, 3)), jnp.bfloat16)
+    y = jnp.zeros_like(g)
+    b = jnp.zeros((3,), jnp.float32)
+    dy, db = jax.vjp(ops.add_bias, y, b)[1](g)
+    assert dy.dtype == jnp.bfloat16 and db.dtype == jnp.float32
+    exact = np.asarray(g, np.float64).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(np.asarray(db), exact, rtol=1e-6)
+    # What autodiff of a plain bfloat16 add gives: a bfloat16 sum, off by far more.
+    plain = jax.vjp(lambda b: y + b.astype(jnp.bfloat16), b)[1](g)[0]
+    assert np.max(np.abs(np.asarray(plain, np.float64) - exact) / exact) > 1e-3
+    np.testing.assert_array_equal(ops.add_bias(y, b), y + b.astype(jnp.bfloat16))

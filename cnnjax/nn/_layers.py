@@ -70,7 +70,7 @@ class Conv(nn.Module):
         )
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype)
+            y = ops.add_bias(y, bias)
         return y
 
 

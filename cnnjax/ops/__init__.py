@@ -5,6 +5,7 @@ Nothing here knows about Flax.
 """
 
 from cnnjax.ops._gemm import col2im, im2col
+from cnnjax.ops.bias import add_bias
 from cnnjax.ops.conv import (
     BACKENDS,
     ConvGeometry,
@@ -21,6 +22,7 @@ from cnnjax.ops.signal import convolve2d, correlate2d
 __all__ = [
     "BACKENDS",
     "ConvGeometry",
+    "add_bias",
     "avg_pool",
     "col2im",
     "conv",

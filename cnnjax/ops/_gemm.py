@@ -18,6 +18,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -33,16 +34,26 @@ def _offsets(kernel):
 
 
 def im2col(x, kernel, stride, dilation):
-    """Patches of ``x`` (N, *S, C) as an array (N, *O, ∏K, C), kernel offsets in row-major order."""
+    """Patches of ``x`` (N, *S, C) as an array (N, *O, ∏K, C), kernel offsets in row-major order.
+
+    One gather with constant indices ``o·stride + k·dilation`` per axis. XLA:CPU emits it as a
+    plain copy loop; stacking the ∏K strided slices instead measured 2-9x slower, because
+    XLA:CPU's concatenate writes the interleaved (∏K, C) rows slowly.
+    """
     nd = x.ndim - 2
     n, sizes, c = x.shape[0], x.shape[1:-1], x.shape[-1]
     out = _out_sizes(sizes, kernel, stride, dilation)
-    patches = []
-    for off in _offsets(kernel):
-        start = [o * d for o, d in zip(off, dilation, strict=True)]
-        limit = [s0 + (o - 1) * st + 1 for s0, o, st in zip(start, out, stride, strict=True)]
-        patches.append(lax.slice(x, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
-    return jnp.stack(patches, axis=nd + 1)
+    # Index arrays broadcast to (N, *O, *K): axis a's is (1,..,O_a,..,1, 1,..,K_a,..,1). The
+    # batch axis is indexed too, so the gather writes rows in their final order (slicing it
+    # would make XLA gather batch-minor and transpose afterwards, 10x slower).
+    index = [np.arange(n).reshape([n] + [1] * (2 * nd))]
+    for a, (o, k, st, d) in enumerate(zip(out, kernel, stride, dilation, strict=True)):
+        shape = [1] * (2 * nd + 1)
+        shape[1 + a], shape[1 + nd + a] = o, k
+        pos = np.arange(o)[:, None] * st + np.arange(k)[None, :] * d
+        index.append(pos.reshape(shape))
+    patches = x[tuple(index)]  # (N, *O, *K, C)
+    return patches.reshape(n, *out, -1, c)
 
 
 def col2im(cols, sizes, kernel, stride, dilation):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from cnnjax.parallel import DATA
+from cnnjax.parallel import DATA, compiler_options
 from cnnjax.train.trainer import Trainer
 
 
@@ -31,14 +31,20 @@ class PmapTrainer(Trainer):
         copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=self.devices)
         self._replicate = lambda tree: copy(np.arange(n), tree)
         self.init_state = lambda: self._replicate(jax.jit(self._init)())
-        step = jax.pmap(
-            functools.partial(self._train_step, axis_name=DATA),
-            axis_name=DATA,
-            devices=self.devices,
-            donate_argnums=(0,),
+        options = compiler_options(self.devices[0].platform)
+        step = _with_options(
+            jax.pmap(
+                functools.partial(self._train_step, axis_name=DATA),
+                axis_name=DATA,
+                devices=self.devices,
+                donate_argnums=(0,),
+            ),
+            options,
         )
         self.train_step = lambda state, images, labels: _first_metrics(step(state, images, labels))
-        self.eval_step = jax.pmap(self._pmap_eval_step, axis_name=DATA, devices=self.devices)
+        self.eval_step = _with_options(
+            jax.pmap(self._pmap_eval_step, axis_name=DATA, devices=self.devices), options
+        )
 
     def _pmap_eval_step(self, state, images, labels):
         return lax.psum(self._eval_step(state, images, labels), DATA)
@@ -71,3 +77,20 @@ class PmapTrainer(Trainer):
 def _first_metrics(out):
     state, metrics = out
     return state, jax.tree.map(lambda m: m[0], metrics)
+
+
+def _with_options(pmapped, options):
+    """``pmapped``, compiled ahead of time with XLA ``options`` on its first call for each
+    argument signature (``jax.pmap`` itself takes no compiler options)."""
+    if not options:
+        return pmapped
+    compiled = {}
+
+    def call(*args):
+        leaves, tree = jax.tree.flatten(args)
+        key = tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves)
+        if key not in compiled:
+            compiled[key] = pmapped.lower(*args).compile(options)
+        return compiled[key](*args)
+
+    return call

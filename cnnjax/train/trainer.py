@@ -72,17 +72,20 @@ class Trainer:
         """Shapes first, then shardings, then jit (the train state is donated)."""
         abstract = jax.eval_shape(self._init)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+        options = parallel.compiler_options(self.mesh.devices.flat[0].platform)
         self.init_state = jax.jit(self._init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(
             self._train_step,
             in_shardings=(self.state_sharding, self.replicated, self.replicated),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=(0,),
+            compiler_options=options,
         )
         self.eval_step = jax.jit(
             self._eval_step,
             in_shardings=(self.state_sharding, self.batch_sharding, self.batch_sharding),
             out_shardings=self.replicated,
+            compiler_options=options,
         )
 
     # -- pure functions ---------------------------------------------------------------------
