@@ -343,3 +343,16 @@ def test_add_bias_gradient_accumulates_in_float32():
     plain = jax.vjp(lambda b: y + b.astype(jnp.bfloat16), b)[1](g)[0]
     assert np.max(np.abs(np.asarray(plain, np.float64) - exact) / exact) > 1e-3
     np.testing.assert_array_equal(ops.add_bias(y, b), y + b.astype(jnp.bfloat16))
+
+
+def test_strided_xla_input_gradient_is_a_matrix_product_on_cpu():
+    # XLA:CPU would compute it as a convolution over a zero-dilated gradient (lhs_dilate).
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.tanh(ops.conv2d(x, w, stride=2))), (0, 1)))
+    assert "lhs_dilate" not in grad.lower(x, w).compile().as_text()
+    for name, dilated in (("cpu", 0), ("cuda", 1), ("tpu", 1)):  # elsewhere XLA's gradient
+        text = grad.trace(x, w).lower(lowering_platforms=(name,)).as_text()
+        assert text.count("lhs_dilate = [2, 2]") == dilated, name
+        assert text.count("dot_general") == 1 - dilated, name
