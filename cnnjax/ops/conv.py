@@ -64,12 +64,13 @@ def _lax_conv(x, w, pads, stride, dilation, groups):
 def xla_conv(x, w, pads, stride, dilation, groups):
     """``lax.conv_general_dilated`` on channels-last input with explicit zero ``pads``.
 
-    Strided convolutions (groups 1) get their input gradient on CPUs as the matrix products
-    of the gemm backend, ``col2im(E · Wᵀ)``: XLA:CPU computes it as a convolution over the
-    output gradient dilated with zeros, which does stride^2 times the work (a 3x3 stride-2
-    layer, 128x32x32x96: 182 ms against 40 ms forward). Other platforms keep XLA's gradient.
+    Float32 strided convolutions (groups 1) get their input gradient on CPUs as the matrix
+    products of the gemm backend, ``col2im(E · Wᵀ)``: XLA:CPU computes it as a convolution
+    over the output gradient dilated with zeros, which does stride^2 times the work (a 3x3
+    stride-2 layer, 128x32x32x96: 182 ms against 40 ms forward). Other platforms, and
+    bfloat16 (whose XLA:CPU matrix products run at 0.6x the float32 rate), keep XLA's.
     """
-    if groups == 1 and any(s > 1 for s in stride):
+    if groups == 1 and any(s > 1 for s in stride) and x.dtype == jnp.float32:
         return _strided_conv(x, w, tuple(pads), tuple(stride), tuple(dilation))
     return _lax_conv(x, w, pads, stride, dilation, groups)
 
