@@ -8,7 +8,8 @@ convolution::
 
 Backends compute the same function and are swapped with ``backend=``:
 
-* ``"xla"``: ``lax.conv_general_dilated`` (XLA's own convolution);
+* ``"xla"``: ``lax.conv_general_dilated`` (XLA's own convolution; see :func:`xla_conv` for
+  the CPU input gradient of strided layers);
 * ``"fft"``: the Fourier path (:mod:`cnnjax.ops._fft`), cheap for large kernels;
 * ``"gemm"``: im2col and one matrix product, with a backward pass written as matrix products
   (:mod:`cnnjax.ops._gemm`);
@@ -237,8 +238,8 @@ def select_backend(
     """The backend ``backend="auto"`` would use for these shapes (cheapest by :func:`conv_cost`).
 
     Only "xla" and "fft" are candidates: the gemm and Winograd backends exist to show the
-    algorithms and to be measured; at the layer sizes of experiments/conv_backends.py XLA's
-    convolution beats them (gemm does win on wide CPU layers, see experiments/perf_notes.md).
+    algorithms and to be measured; XLA's convolution beats them at the sizes measured in
+    experiments/conv_backends.py and experiments/bench_train.py (gemm only at 1x1).
     """
     geom = conv_geometry(
         x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups
