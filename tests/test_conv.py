@@ -356,3 +356,16 @@ def test_strided_xla_input_gradient_is_a_matrix_product_on_cpu():
         text = grad.trace(x, w).lower(lowering_platforms=(name,)).as_text()
         assert text.count("lhs_dilate = [2, 2]") == dilated, name
         assert text.count("dot_general") == 1 - dilated, name
+
+
+def test_forward_mode_through_strided_convolution_and_bias():
+    rng = np.random.default_rng(7)
+    x, dx = (rng.standard_normal((2, 9, 8, 3)).astype(np.float32) for _ in range(2))
+    w, dw = (rng.standard_normal((3, 3, 3, 4)).astype(np.float32) for _ in range(2))
+    b, db = (rng.standard_normal((4,)).astype(np.float32) for _ in range(2))
+    f = lambda x, w, b: ops.add_bias(ops.conv2d(x, w, stride=2), b)
+    ref = lambda x, w, b: reference.conv2d(x, w, ((1, 1), (0, 1)), (2, 2), (1, 1), 1) + b
+    _, tangent = jax.jvp(f, (x, w, b), (dx, dw, db))
+    # The conv is bilinear: its tangent is conv(dx, w) + conv(x, dw).
+    expected = ref(dx, w, np.zeros_like(b)) + ref(x, dw, np.zeros_like(b)) + db
+    assert _rel_err(tangent, expected) <= 1e-5

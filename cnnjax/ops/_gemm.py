@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -144,15 +143,6 @@ def _bwd(stride, dilation, groups, res, g_out):
     dcols = dcols.reshape(x_shape[0], *g_out.shape[1:-1], kp, groups * cg)
     dx = col2im(dcols, x_shape[1:-1], kernel, stride, dilation)
     return dx, dw
-
-
-def gemm_input_grad(g_out, w, n, nd):
-    """``E · Wᵀ`` for one group: the output gradient (N, *O, Cout) times the flattened kernel
-    (*K, Cin, Cout), as patch gradients (N, *O, ∏K, Cin) ready for :func:`col2im`."""
-    kp, cin = math.prod(w.shape[:nd]), w.shape[-2]
-    e = g_out.reshape(-1, w.shape[-1])
-    dcols = _matmul(e, w.reshape(kp * cin, -1).T, g_out.dtype)
-    return dcols.reshape(n, *g_out.shape[1:-1], kp, cin)
 
 
 gemm_conv_valid.defvjp(_forward, _bwd)
