@@ -32,6 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from cnnjax.ops import _args
 from cnnjax.ops._args import PaddingLike
@@ -83,11 +84,11 @@ def _strided_conv(x, w, pads, stride, dilation):
     return _lax_conv(x, w, pads, stride, dilation, 1)
 
 
-@_strided_conv.defjvp
 def _strided_jvp(pads, stride, dilation, primals, tangents):
     # A JVP rule (not a VJP) keeps forward-mode (jax.jvp, jax.hessian) working. Reverse mode
     # transposes the tangent map: the kernel part into XLA's kernel gradient, the input part,
-    # on CPUs an im2col product of stacked slices, into col2im(E · Wᵀ), a sum of pads.
+    # on CPUs an im2col product of stacked slices, into col2im(E · Wᵀ), a sum of pads. A
+    # tangent that is symbolically zero (e.g. the input images) contributes no work at all.
     x, w = primals
     x_dot, w_dot = tangents
     conv = functools.partial(_lax_conv, pads=pads, stride=stride, dilation=dilation, groups=1)
@@ -106,8 +107,16 @@ def _strided_jvp(pads, stride, dilation, primals, tangents):
         y = cols @ w.reshape(-1, w.shape[-1])
         return y.reshape(n, *out, w.shape[-1])
 
-    x_part = lax.platform_dependent(x_dot, w, cpu=im2col_product, default=conv)
-    return conv(x, w), x_part + conv(x, w_dot)
+    y = conv(x, w)
+    parts = []
+    if not isinstance(x_dot, SymbolicZero):
+        parts.append(lax.platform_dependent(x_dot, w, cpu=im2col_product, default=conv))
+    if not isinstance(w_dot, SymbolicZero):
+        parts.append(conv(x, w_dot))
+    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+
+
+_strided_conv.defjvp(_strided_jvp, symbolic_zeros=True)
 
 
 _IMPLS = {"xla": xla_conv, "fft": fft_conv, "gemm": gemm_conv, "winograd": winograd_conv}
