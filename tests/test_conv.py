@@ -10,7 +10,7 @@ import pytest
 from scipy import signal
 
 from cnnjax import ops
-from cnnjax.ops import _args
+from cnnjax.ops import _args, _gemm
 from tests import reference
 
 BACKENDS = ["xla", "fft", "gemm"]
@@ -152,6 +152,7 @@ def test_im2col_col2im_are_adjoint():
     x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
     args = ((3, 2), (2, 1), (1, 2))
     cols = ops.im2col(x, *args)
+    np.testing.assert_array_equal(cols, _gemm.im2col_slices(x, *args))
     c = rng.standard_normal(cols.shape).astype(np.float32)
     lhs = float(jnp.vdot(cols, c))
     rhs = float(jnp.vdot(x, ops.col2im(c, x.shape[1:3], *args)))

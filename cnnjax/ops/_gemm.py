@@ -56,6 +56,24 @@ def im2col(x, kernel, stride, dilation):
     return patches.reshape(n, *out, -1, c)
 
 
+def im2col_slices(x, kernel, stride, dilation):
+    """:func:`im2col` built from ∏K strided slices, stacked.
+
+    Slower to run than the gather, but JAX transposes it into :func:`col2im`'s sum of pads
+    (the gather transposes into a scatter-add), so it is the form for linear maps that reverse
+    mode transposes, such as the tangent rule of strided ``xla`` convolutions.
+    """
+    nd = x.ndim - 2
+    n, c = x.shape[0], x.shape[-1]
+    out = _out_sizes(x.shape[1:-1], kernel, stride, dilation)
+    patches = []
+    for off in _offsets(kernel):
+        start = [o * d for o, d in zip(off, dilation, strict=True)]
+        limit = [s0 + (o - 1) * st + 1 for s0, o, st in zip(start, out, stride, strict=True)]
+        patches.append(lax.slice(x, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
+    return jnp.stack(patches, axis=nd + 1)
+
+
 def col2im(cols, sizes, kernel, stride, dilation):
     """Adjoint of :func:`im2col`: sums patch values (N, *O, ∏K, C) back into (N, *S, C).
 

@@ -24,8 +24,8 @@ All validation happens here, once, and raises ``ValueError``/``TypeError`` namin
 from __future__ import annotations
 
 import functools
-import itertools
 import math
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,7 +37,7 @@ from jax.custom_derivatives import SymbolicZero
 from cnnjax.ops import _args
 from cnnjax.ops._args import PaddingLike
 from cnnjax.ops._fft import fast_length, fft_conv
-from cnnjax.ops._gemm import gemm_conv
+from cnnjax.ops._gemm import gemm_conv, im2col_slices
 from cnnjax.ops._winograd import winograd_conv
 
 BACKENDS = ("xla", "fft", "gemm", "winograd", "auto")
@@ -67,11 +67,11 @@ def _lax_conv(x, w, pads, stride, dilation, groups):
 def xla_conv(x, w, pads, stride, dilation, groups):
     """``lax.conv_general_dilated`` on channels-last input with explicit zero ``pads``.
 
-    Float32 strided convolutions (groups 1) get their input gradient on CPUs as the matrix
-    products of the gemm backend, ``col2im(E · Wᵀ)`` (through a JVP rule whose transpose it
-    is, so forward-mode differentiation still works): XLA:CPU computes it as a convolution
-    over the output gradient dilated with zeros, which does stride^2 times the work (a 3x3
-    stride-2 layer, 128x32x32x96: 182 ms against 40 ms forward). Other platforms, and
+    Float32 strided convolutions (groups 1) get their input gradient on CPUs as the gemm
+    backend's ``col2im(E · Wᵀ)``, the transpose of a JVP rule built on ``im2col_slices`` (so
+    forward-mode differentiation still works). XLA:CPU computes that gradient as a convolution
+    over the output gradient dilated with zeros, stride^2 times the work (a 3x3 stride-2
+    layer, 128x32x32x96: 182 ms against 40 ms forward). Other platforms, and
     bfloat16 (whose XLA:CPU matrix products run at 0.6x the float32 rate), keep XLA's.
     """
     if groups == 1 and any(s > 1 for s in stride) and x.dtype == jnp.float32:
@@ -94,26 +94,18 @@ def _strided_jvp(pads, stride, dilation, primals, tangents):
     conv = functools.partial(_lax_conv, pads=pads, stride=stride, dilation=dilation, groups=1)
 
     def im2col_product(x_dot, w):
-        nd = x.ndim - 2
-        kernel, n, c = w.shape[:nd], x.shape[0], x.shape[-1]
         xp = jnp.pad(x_dot, [(0, 0), *pads, (0, 0)])
-        out = jax.eval_shape(conv, x, w).shape[1:-1]
-        patches = []
-        for off in itertools.product(*(range(k) for k in kernel)):
-            start = [o * d for o, d in zip(off, dilation, strict=True)]
-            limit = [b + (m - 1) * st + 1 for b, m, st in zip(start, out, stride, strict=True)]
-            patches.append(lax.slice(xp, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
-        cols = jnp.stack(patches, axis=-2).reshape(-1, len(patches) * c)
-        y = cols @ w.reshape(-1, w.shape[-1])
-        return y.reshape(n, *out, w.shape[-1])
+        cols = im2col_slices(xp, w.shape[:-2], stride, dilation)  # (N, *O, ∏K, Cin)
+        out = cols.shape[:-2]  # (N, *O)
+        y = cols.reshape(-1, cols.shape[-2] * cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
+        return y.reshape(*out, w.shape[-1])
 
-    y = conv(x, w)
-    parts = []
+    parts = []  # one term per tangent that is not symbolically zero
     if not isinstance(x_dot, SymbolicZero):
         parts.append(lax.platform_dependent(x_dot, w, cpu=im2col_product, default=conv))
     if not isinstance(w_dot, SymbolicZero):
         parts.append(conv(x, w_dot))
-    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+    return conv(x, w), functools.reduce(operator.add, parts)
 
 
 _strided_conv.defjvp(_strided_jvp, symbolic_zeros=True)
