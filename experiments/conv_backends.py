@@ -30,9 +30,15 @@ flags.DEFINE_integer("out_channels", 16, "Output channels.")
 flags.DEFINE_integer("batch", 8, "Batch size.")
 flags.DEFINE_list("kernels", [str(k) for k in range(1, 32, 2)], "Kernel sizes to time.")
 flags.DEFINE_list("backends", ["xla", "fft", "gemm", "winograd"], "Backends to time.")
-flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (the median is reported).")
+flags.DEFINE_integer("repeats", 11, "Timed calls per measurement (the median is reported).")
 flags.DEFINE_integer("gemm_max_mb", 768, "Skip gemm where its im2col matrix exceeds this.")
 flags.DEFINE_string("out_dir", "results/conv_backends", "Where the CSV and PNG go.")
+flags.DEFINE_bool(
+    "keep_freed_memory",
+    True,
+    "Let malloc keep freed memory (cnnjax.parallel.keep_freed_host_memory), so that calls "
+    "do not page-fault their temporaries in again; applies to every backend.",
+)
 
 
 def _applicable(backend: str, k: int, x_shape) -> bool:
@@ -104,6 +110,8 @@ def plot(path, kernels, results):
 
 def main(argv):
     del argv
+    if FLAGS.keep_freed_memory:
+        print(f"malloc keeps freed memory: {parallel.keep_freed_host_memory()}")
     kernels = [int(k) for k in FLAGS.kernels]
     shape = (FLAGS.batch, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     results = {b: {} for b in FLAGS.backends}

@@ -10,7 +10,7 @@ import pytest
 from scipy import signal
 
 from cnnjax import ops
-from cnnjax.ops import _args, _gemm
+from cnnjax.ops import _args, _fft, _gemm
 from tests import reference
 
 BACKENDS = ["xla", "fft", "gemm"]
@@ -145,6 +145,58 @@ def test_gemm_backward_is_the_custom_vjp():
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(ops.conv2d(x, w, backend="gemm"))))(w))
     assert jaxpr.count("dot_general") >= 2  # forward product and colsᵀ·E
     assert "conv_general_dilated" not in jaxpr
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 21, 3), (4, 3, 4), dict(stride=2, dilation=2, padding=((3, 1),))),
+        ((2, 11, 12, 4), (3, 4, 2, 6), dict(stride=(2, 1), dilation=(1, 2), groups=2)),
+        ((1, 6, 7, 5, 4), (3, 2, 3, 2, 4), dict(groups=2, padding="SAME")),
+    ],
+    ids=["1d", "2d", "3d"],
+)
+def test_fft_backward_equals_xla_autodiff(x_shape, w_shape, kwargs):
+    # The FFT backend's hand-written backward (custom_vjp) against autodiff of lax's conv.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    out = jax.eval_shape(lambda x, w: ops.conv(x, w, **kwargs), x, w).shape
+    g = rng.standard_normal(out).astype(np.float32)
+
+    def grads(backend):
+        loss = lambda x, w: jnp.vdot(ops.conv(x, w, backend=backend, **kwargs), g)
+        return jax.grad(loss, argnums=(0, 1))(x, w)
+
+    for a, b in zip(grads("fft"), grads("xla"), strict=True):
+        assert _rel_err(a, b) <= 1e-4
+
+
+def test_fft_backward_transforms_only_images():
+    # Forward and backward: rfft of x and of the output gradient, irfft of y and of dx. The
+    # kernel's spectrum and gradient are small matrix products, never a transform of length L.
+    x, w = jnp.ones((1, 9, 9, 2)), jnp.ones((5, 5, 2, 3))
+    grad = jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, backend="fft")), argnums=(0, 1))
+    jaxpr = str(jax.make_jaxpr(grad)(x, w))
+    assert sorted(re.findall(r"fft_type=(\w+)", jaxpr)) == ["2", "2", "3", "3"]  # RFFT, IRFFT
+    assert jaxpr.count("dot_general") == 4
+    with pytest.raises(TypeError, match="custom_vjp"):  # reverse mode only, as documented
+        jax.jvp(lambda x: ops.conv2d(x, w, backend="fft"), (x,), (x,))
+
+
+def test_kernel_spectrum_and_taps_match_numpy_fft():
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((2, 3, 4, 5))  # (Cg, Cout, *K)
+    lengths, dilation = (11, 12), (2, 1)
+    placed = np.zeros((2, 3, *lengths))
+    placed[:, :, ::2, :5][:, :, :4] = w  # tap k at position k·dilation
+    expected = np.conj(np.fft.rfftn(placed, axes=(2, 3)))
+    got = _fft.kernel_spectrum(jnp.asarray(w, jnp.float32), lengths, dilation)
+    assert np.max(np.abs(got - expected)) <= 1e-5 * np.max(np.abs(expected))
+    signal_ = rng.standard_normal((2, 3, *lengths))
+    z = np.fft.rfftn(signal_, axes=(2, 3))
+    taps = _fft.kernel_taps(jnp.asarray(z, jnp.complex64), lengths, dilation, (4, 5))
+    assert _rel_err(taps, signal_[:, :, :8:2, :5]) <= 1e-5
 
 
 def test_im2col_col2im_are_adjoint():

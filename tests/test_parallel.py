@@ -2,6 +2,7 @@
 devices; two real processes on the loopback interface match one process with four devices."""
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -190,3 +191,11 @@ def test_cpu_compiler_options_keep_convolutions_away_from_ynnpack(digits, monkey
     # Without the options XLA:CPU would hand the same step's convolutions to YNNPACK.
     plain = jax.jit(trainer._train_step).lower(state, *data).compile().as_text()
     assert "ynn_fusion" in plain
+
+
+def test_keep_freed_host_memory():
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert parallel.keep_freed_host_memory() is True
+    for bad in (0, 2**31, 1.5, True):
+        with pytest.raises(ValueError, match="limit_bytes"):
+            parallel.keep_freed_host_memory(bad)

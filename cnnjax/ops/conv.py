@@ -12,7 +12,8 @@ Backends compute the same function and are swapped with ``backend=``:
   the CPU input gradient of strided layers);
 * ``"fft"``: the Fourier path (:mod:`cnnjax.ops._fft`), cheap for large kernels;
 * ``"gemm"``: im2col and one matrix product, with a backward pass written as matrix products
-  (:mod:`cnnjax.ops._gemm`);
+  (:mod:`cnnjax.ops._gemm`). Both it and ``"fft"`` write their backward passes out
+  (``jax.custom_vjp``): reverse mode only, ``jax.jvp`` through them raises;
 * ``"winograd"``: Winograd F(2×2, 3×3) minimal filtering for 3×3 stride-1 layers
   (:mod:`cnnjax.ops._winograd`);
 * ``"auto"``: the cheapest backend under the cost model of :func:`conv_cost`; ask which with
@@ -186,13 +187,15 @@ def conv_geometry(
 
 
 # Cost model of the "auto" backend, in units of "direct-convolution multiply-adds".
-# An FFT of n real points costs about 2.5·n·log2(n) flops and runs at a lower flop rate than
-# the blocked direct convolution, which FFT_PENALTY accounts for; the frequency-domain channel
-# contraction is a complex multiply-add (4 real multiply-adds) per (frequency, Cin, Cout).
+# An FFT of n real points costs about 2.5·n·log2(n) flops, and the frequency-domain channel
+# contraction one complex multiply-add per (frequency, Cin, Cout); both run at a lower flop
+# rate than the blocked direct convolution, which FFT_PENALTY accounts for. The kernel's
+# spectrum is one small complex matrix product per axis (4 real multiply-adds per complex one).
 # FFT_PENALTY was fitted to experiments/conv_backends.py on a 2-core x86 CPU (8x64x64, 16->16,
-# forward + backward): the measured crossover lies between k=7 (FFT 1.6x slower) and k=9 (FFT
-# 1.7x faster), where the raw model ratios are 0.15 and 0.09; 8.5 puts the switch there.
-FFT_PENALTY = 8.5
+# forward + backward): the measured crossover lies between k=7 (FFT 1.07x slower) and k=9 (FFT
+# 2.4x faster); the switch falls between them for penalties from 9.8 to 14.9, and 12 is
+# halfway (geometrically).
+FFT_PENALTY = 12.0
 
 
 def conv_cost(geom: ConvGeometry) -> dict[str, float]:
@@ -202,16 +205,23 @@ def conv_cost(geom: ConvGeometry) -> dict[str, float]:
     n, cin = geom.x_shape[0], geom.x_shape[-1]
     cout, cin_g = geom.w_shape[-1], geom.w_shape[-2]
     out = geom.out_shape
-    k_prod = math.prod(geom.w_shape[:nd])
-    direct = n * math.prod(out[1:-1]) * k_prod * cin_g * cout
+    kernel = list(geom.w_shape[:nd])
+    direct = n * math.prod(out[1:-1]) * math.prod(kernel) * cin_g * cout
     lengths = [
         fast_length(s + lo + hi) for s, (lo, hi) in zip(geom.x_shape[1:-1], geom.pads, strict=True)
     ]
     p = math.prod(lengths)
     freqs = p // lengths[-1] * (lengths[-1] // 2 + 1)
-    transforms = 2.5 * p * math.log2(max(p, 2)) / 2 * (n * cin + cin_g * cout + n * cout)
+    transforms = 2.5 * p * math.log2(max(p, 2)) / 2 * (n * cin + n * cout)
+    spectrum, dims = 0, kernel  # kernel_spectrum: axis a maps K_a taps to its frequencies
+    for a, length in enumerate(lengths):
+        f = length // 2 + 1 if a == nd - 1 else length
+        spectrum += math.prod(dims) * f
+        dims = [*dims[:a], f, *dims[a + 1 :]]
     contraction = 4 * n * freqs * cin_g * cout
-    return {"xla": float(direct), "fft": FFT_PENALTY * (transforms + contraction)}
+    # The spectrum's products run at the rate of the direct convolution: no penalty.
+    fft = FFT_PENALTY * (transforms + contraction) + 4 * cin_g * cout * spectrum
+    return {"xla": float(direct), "fft": float(fft)}
 
 
 def _cheapest(geom: ConvGeometry) -> str:
