@@ -66,7 +66,7 @@ def keep_freed_host_memory(limit_bytes: int = 1 << 30) -> bool:
     blocks that large back to the operating system when they are freed (``mmap``, heap trim),
     so each call page-faults them in again. Short, memory-heavy programs pay most: forward +
     backward of the gemm backend (3x3, 8x64x64, 16->16, whose im2col matrices are 19 MB) drops
-    from about 30 to 14 ms; a 2 s All-CNN-C training step does not change. The process keeps
+    from about 24 to 9 ms; a 2 s All-CNN-C training step does not change. The process keeps
     its peak heap instead of shrinking. Process-wide, so it is the caller's choice;
     ``experiments.conv_backends`` makes it. Returns False, changing nothing, where the C
     library is not glibc.

@@ -205,6 +205,10 @@ def test_im2col_col2im_are_adjoint():
     args = ((3, 2), (2, 1), (1, 2))
     cols = ops.im2col(x, *args)
     np.testing.assert_array_equal(cols, _gemm.im2col_slices(x, *args))
+    pads = ((2, 1), (0, 3))  # padding inside the gather equals gathering from a padded copy
+    np.testing.assert_array_equal(
+        ops.im2col(x, *args, pads=pads), ops.im2col(np.pad(x, ((0, 0), *pads, (0, 0))), *args)
+    )
     c = rng.standard_normal(cols.shape).astype(np.float32)
     lhs = float(jnp.vdot(cols, c))
     rhs = float(jnp.vdot(x, ops.col2im(c, x.shape[1:3], *args)))
