@@ -173,9 +173,9 @@ def _bwd(pads, stride, dilation, groups, res, g_out):
     dcols = dcols.reshape(x_shape[0], *g_out.shape[1:-1], kp, groups * cg)
     padded = [s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads, strict=True)]
     dx = col2im(dcols, padded, kernel, stride, dilation)
-    lo = [p[0] for p in pads]
-    hi = [a + s for a, s in zip(lo, x_shape[1:-1], strict=True)]
-    dx = lax.slice(dx, (0, *lo, 0), (x_shape[0], *hi, x_shape[-1]))
+    start = [lo for lo, _ in pads]
+    limit = [lo + s for lo, s in zip(start, x_shape[1:-1], strict=True)]
+    dx = lax.slice(dx, (0, *start, 0), (x_shape[0], *limit, x_shape[-1]))
     return dx, dw
 
 
