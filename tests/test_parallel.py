@@ -1,6 +1,7 @@
 """Data parallelism: jit over a mesh, pmap and one device agree; batches land on the right
 devices; two real processes on the loopback interface match one process with four devices."""
 
+import ctypes
 import os
 import platform
 import socket
@@ -193,9 +194,29 @@ def test_cpu_compiler_options_keep_convolutions_away_from_ynnpack(digits, monkey
     assert "ynn_fusion" in plain
 
 
+class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+        "keepcost".split()
+    ]
+
+
 def test_keep_freed_host_memory():
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert parallel.keep_freed_host_memory() is True
+        # A freed 64 MiB block now stays in the heap as free space (fordblks). With glibc's
+        # defaults it is mmapped (above the 32 MiB cap of the dynamic threshold) and unmapped
+        # on free: measured growth 0.
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.mallinfo2.restype = _MallInfo2
+        before = libc.mallinfo2().fordblks
+        block = libc.malloc(64 << 20)
+        ctypes.memset(block, 1, 64 << 20)
+        libc.free(block)
+        assert libc.mallinfo2().fordblks - before >= 60 << 20  # part may reuse old free space
     for bad in (0, 2**31, 1.5, True):
         with pytest.raises(ValueError, match="limit_bytes"):
             parallel.keep_freed_host_memory(bad)

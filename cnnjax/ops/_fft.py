@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnjax.ops import _args
+
 
 @functools.cache
 def fast_length(n: int) -> int:
@@ -133,7 +135,6 @@ def fft_conv(x, w, pads, stride, dilation, groups):
     nd = x.ndim - 2
     sizes, kernel = x.shape[1:-1], w.shape[:nd]
     padded = [s + lo + hi for s, (lo, hi) in zip(sizes, pads, strict=True)]
-    k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
     plan = _Plan(
         pads=tuple(map(tuple, pads)),
         stride=tuple(stride),
@@ -142,7 +143,10 @@ def fft_conv(x, w, pads, stride, dilation, groups):
         sizes=tuple(sizes),
         kernel=tuple(kernel),
         lengths=tuple(fast_length(p) for p in padded),
-        out=tuple((p - ke) // s + 1 for p, ke, s in zip(padded, k_eff, stride, strict=True)),
+        out=tuple(
+            _args.out_size(*axis)
+            for axis in zip(sizes, kernel, stride, dilation, pads, strict=True)
+        ),
     )
     y = _fft_conv(x.astype(jnp.float32), w.astype(jnp.float32), plan)
     return y.astype(x.dtype)
