@@ -200,3 +200,19 @@ def test_every_convolution_gets_the_model_settings(name):
         variables = _abstract_vars(model)
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(variables["params"])}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_allcnn_activation_override_changes_every_hidden_layer():
+    relu = models.get_model("all_cnn_c", width=0.25, dropout=0.0, input_dropout=0.0)
+    gelu = relu.clone(activation="gelu")
+    variables, x = _init(relu)
+    _, f_relu = relu.apply(variables, x, return_features=True)
+    _, f_gelu = gelu.apply(variables, x, return_features=True)
+    assert float(jnp.min(f_relu["conv1"])) == 0.0  # ReLU never goes below zero
+    assert float(jnp.min(f_gelu["conv1"])) < 0.0  # GELU does, down to about -0.17
+    assert float(jnp.min(f_gelu["conv1"])) > -0.2
+    # Same parameters, same first convolution: GELU(z) = z·Φ(z) on the same pre-activations.
+    z = nn.Conv(24, 3, padding=1).apply({"params": variables["params"]["conv1"]["conv"]}, x)
+    np.testing.assert_allclose(f_gelu["conv1"], jax.nn.gelu(z), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`activation` must be one of"):
+        models.get_model("all_cnn_c", activation="tanh").init(jax.random.key(0), x)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax.models._common import ACTIVATIONS
 from cnnjax.models.allcnn import AllCNN
 from cnnjax.models.inception import GoogLeNetSmall, SmallInception
 from cnnjax.models.nin import NiN
@@ -87,6 +88,7 @@ def count_flops(model: nn.Module, image_shape=(32, 32, 3)) -> float:
 
 
 __all__ = [
+    "ACTIVATIONS",
     "AllCNN",
     "GoogLeNetSmall",
     "NiN",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax import ops
 from cnnjax.nn import ConvBNAct
 
 DOWNSAMPLE = ("pool", "stride")
+# Activations by name, so configs and overrides can choose one with a string.
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu, "elu": nn.elu}
 
 
 def scaled(channels: int, width: float) -> int:
@@ -28,6 +31,13 @@ def check_input(x: jnp.ndarray, model: str) -> None:
 def check_downsample(value: str) -> None:
     if value not in DOWNSAMPLE:
         raise ValueError(f"`downsample` must be one of {DOWNSAMPLE}, got {value!r}.")
+
+
+def activation_fn(name: str):
+    """The activation function called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {name!r}.")
+    return ACTIVATIONS[name]
 
 
 def keep(features: dict[str, jnp.ndarray], name: str, x: jnp.ndarray) -> jnp.ndarray:

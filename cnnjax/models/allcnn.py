@@ -14,7 +14,8 @@ all-cnn        the extra 3×3 conv has stride 2          ``all_cnn_{a,b,c}``
 so the variants are the 2×2 grid {extra conv or not} × {pool or stride}; ``downsample``
 moves along the second axis. Every layer is a convolution with ReLU; dropout 20 % on the input
 and 50 % after each downsampling; the head is 3×3 conv 192 (VALID, 8×8 → 6×6), 1×1 conv 192,
-1×1 conv ``num_classes``, global average pooling.
+1×1 conv ``num_classes``, global average pooling. ``activation`` swaps ReLU for a smooth
+function such as GELU.
 
 Intermediate activations (``return_features=True``): ``conv1`` … ``convN`` (every
 convolution, strided ones included), ``down1``/``down2`` (the output of each downsampling
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 
 from cnnjax import ops
 from cnnjax.models._common import (
+    activation_fn,
     check_downsample,
     check_input,
     conv_settings,
@@ -63,6 +65,7 @@ class AllCNN(nn.Module):
     batch_norm: bool = False
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     head_relu: bool = True
+    activation: str = "relu"  # any name in cnnjax.models.ACTIVATIONS; the paper uses ReLU
     conv_backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -73,6 +76,7 @@ class AllCNN(nn.Module):
         check_downsample(self.downsample)
         if self.base not in BASES:
             raise ValueError(f"`base` must be one of {sorted(BASES)}, got {self.base!r}.")
+        act = activation_fn(self.activation)
         feats = {}
         count = 0
 
@@ -85,7 +89,7 @@ class AllCNN(nn.Module):
                 k,
                 stride,
                 k // 2 if padding is None else padding,
-                activation=nn.relu if relu else None,
+                activation=act if relu else None,
                 name=name,
                 **conv_settings(self),
             )(x, train)

@@ -19,6 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dropout = config_dict.placeholder(float)
     c.input_dropout = config_dict.placeholder(float)  # All-CNN: dropout on the input images
     c.downsample = config_dict.placeholder(str)
+    c.activation = config_dict.placeholder(str)  # e.g. "gelu" (All-CNN family; default ReLU)
     c.conv_backend = "xla"
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters
     # Data.

@@ -40,7 +40,7 @@ def build_model(config, num_classes: int):
     )
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
-    for key in ("batch_norm", "dropout", "input_dropout", "downsample"):
+    for key in ("batch_norm", "dropout", "input_dropout", "downsample", "activation"):
         if config[key] is not None:
             overrides[key] = config[key]
     return models.get_model(config.model, **overrides)
