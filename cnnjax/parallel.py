@@ -16,6 +16,8 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cnnjax.errors import ConfigError
+
 DATA = "data"
 
 
@@ -27,7 +29,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     devices = jax.devices()
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
-            raise ValueError(
+            raise ConfigError(
                 f"`num_devices` must be between 1 and {len(devices)} (the devices JAX sees), "
                 f"got {num_devices}."
             )
@@ -100,7 +102,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_global_batch(batch_size: int, num_devices: int, name: str = "batch_size") -> None:
     if batch_size % num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"`{name}`={batch_size} must be divisible by the number of devices ({num_devices}) "
             f"so every device gets an equal share; use e.g. "
             f"{max(num_devices, batch_size // num_devices * num_devices)}."

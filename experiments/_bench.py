@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from cnnjax import models, parallel
-from cnnjax.data import Normalization
-from cnnjax.train import Trainer, default_config, make_optimizer
+from cnnjax.data import Dataset, Normalization, Split
+from cnnjax.train import build_engine, default_config
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -71,48 +71,46 @@ def build_train_step(
     num_devices: int | None = None,
     path: str = "jit",
 ):
-    """A Trainer (``path`` "jit" or "pmap"), its initial state and a device-resident random
-    dataset of 4 batches."""
+    """The engine of a training run (``path`` "jit" or "pmap") on a random dataset of 4
+    batches, built by :func:`cnnjax.train.build_engine` like every run; returns the engine,
+    its initial state and the dataset on the devices. SGD with momentum at a constant rate;
+    dropout, augmentation and weight decay off."""
     config = default_config()
-    config.learning_rate, config.weight_decay, config.schedule = 0.01, 0.0, "constant"
-    overrides = dict(width=width, conv_backend=conv_backend)
+    config.update(
+        dict(
+            model=model_name,
+            width=width,
+            conv_backend=conv_backend,
+            compute_dtype=dtype,
+            batch_size=batch,
+            num_devices=num_devices,
+            parallel=path,
+            learning_rate=0.01,
+            weight_decay=0.0,
+            schedule="constant",
+            crop_padding=0,
+            flip=False,
+        )
+    )
     fields = models.model_fields(model_name)
     for key in ("dropout", "input_dropout"):
         if key in fields:
-            overrides[key] = 0.0
-    if dtype == "bfloat16":
-        overrides["dtype"] = jax.numpy.bfloat16
-    model = models.get_model(model_name, **overrides)
+            config[key] = 0.0
     n = 4 * batch
-    tx, schedule = make_optimizer(config, n // batch)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    cls = Trainer
-    if path == "pmap":
-        from cnnjax.train.pmap import PmapTrainer
-
-        cls, model = PmapTrainer, model.clone(bn_axis_name=parallel.DATA)
-    trainer = cls(
-        model,
-        tx,
-        schedule,
-        Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3),
-        num_classes=10,
-        image_shape=images.shape[1:],
-        num_train=n,
-        batch_size=batch,
-        mesh=parallel.make_mesh(num_devices),
-    )
-    return trainer, trainer.init_state(), trainer.put_dataset(images, labels)
+    dataset = Dataset("random", 10, {"train": Split(images, labels)})
+    engine = build_engine(config, dataset, Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3))
+    return engine, engine.init(), engine.put_dataset(images, labels)
 
 
-def time_train_step(trainer, state, data, steps: int) -> tuple[float, object]:
+def time_train_step(engine, state, data, steps: int) -> tuple[float, object]:
     """Median seconds per train step; returns the advanced state too (it is donated)."""
     holder = {"state": state}
 
     def step():
-        holder["state"], metrics = trainer.train_step(holder["state"], *data)
+        holder["state"], metrics = engine.train_step(holder["state"], *data)
         return metrics["loss"]
 
     seconds = median_seconds(step, steps, warmup=2)

@@ -3,7 +3,7 @@
     python -m experiments.bench_train --model=all_cnn_c --batch=128 --dtype=float32
     python -m experiments.bench_train --model=all_cnn_c --width=0.5 --dtype=bfloat16
 
-Measures the real train step of ``cnnjax.train.Trainer`` (batch gather from a device-resident
+Measures the real train step of ``cnnjax.train.build_engine`` (batch gather from a device-resident
 dataset, forward, backward, SGD with momentum) on random 32×32×3 images, with dropout,
 augmentation and weight decay off so that it does what ``../shared/bench/torch_allcnn.py``
 does. Prints one line: ``bench_train model=... img_per_s=<number> ...``; with
@@ -36,7 +36,7 @@ flags.DEFINE_bool("matmul_rate", False, "Also measure the float32 matmul rate an
 def main(argv):
     del argv
     quiet_unless_verbose()
-    trainer, state, data = _bench.build_train_step(
+    engine, state, data = _bench.build_train_step(
         FLAGS.model,
         FLAGS.batch,
         FLAGS.dtype,
@@ -45,17 +45,17 @@ def main(argv):
         FLAGS.conv_backend,
         FLAGS.num_devices,
     )
-    seconds, _ = _bench.time_train_step(trainer, state, data, FLAGS.steps)
+    seconds, _ = _bench.time_train_step(engine, state, data, FLAGS.steps)
     img_s = FLAGS.batch / seconds
     line = (
         f"bench_train model={FLAGS.model} width={FLAGS.width} batch={FLAGS.batch} "
-        f"dtype={FLAGS.dtype} backend={FLAGS.conv_backend} devices={trainer.num_devices} "
+        f"dtype={FLAGS.dtype} backend={FLAGS.conv_backend} devices={engine.num_devices} "
         f"platform={jax.devices()[0].platform} ms_per_step={1e3 * seconds:.1f} "
         f"img_per_s={img_s:.1f}"
     )
     if FLAGS.matmul_rate:
         shape = (FLAGS.image_size, FLAGS.image_size, 3)
-        fwd = models.count_flops(trainer.model, shape)
+        fwd = models.count_flops(engine.fns.model, shape)
         achieved = 3 * fwd * img_s / 1e9
         rate = _bench.matmul_gflops()
         line += (

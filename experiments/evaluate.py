@@ -29,8 +29,8 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
     del argv
     quiet_unless_verbose()
-    from cnnjax.data import DataError
-    from cnnjax.train import CheckpointError, evaluate_checkpoint
+    from cnnjax.errors import CnnjaxError
+    from cnnjax.train import evaluate_checkpoint
 
     try:
         out = evaluate_checkpoint(
@@ -40,7 +40,7 @@ def main(argv):
             split=FLAGS.split,
             step=FLAGS.step,
         )
-    except (CheckpointError, DataError, ValueError, FileNotFoundError) as err:
+    except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
         sys.exit(f"error: {err}")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"eval_{out['dataset']}_{out['split']}_{out['step']}")
     path = os.path.join(FLAGS.workdir, name + ".json")

@@ -34,15 +34,14 @@ def _unit(a):
 def run_features(workdir: str, num_images: int):
     """(name, filters (kh, kw, cin, cout), images, {stage: (N, h, w, C)}) of one run."""
     from cnnjax.data import normalize
-    from cnnjax.train import load_run
+    from cnnjax.train import load_run, variables_of
 
-    config, trainer, state, data = load_run(workdir)
-    state = trainer.checkpointable(state)  # one copy of the state, also for pmap runs
+    config, engine, state, data = load_run(workdir)
     val = data.splits["validation"]
     images = val.images[:num_images]
-    x = normalize(images, trainer.norm)
-    variables = trainer._variables(state.params, state.batch_stats)
-    _, feats = trainer.model.apply(variables, x, return_features=True)
+    x = normalize(images, engine.fns.cfg.norm)
+    variables = variables_of(state.params, state.batch_stats)
+    _, feats = engine.fns.model.apply(variables, x, return_features=True)
     stages = {k: np.asarray(v) for k, v in feats.items() if k.startswith("down") or k == "conv1"}
     kernel = jax.device_get(state.params["conv1"]["conv"]["kernel"])
     return config.model, kernel, images, stages

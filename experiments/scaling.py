@@ -45,7 +45,7 @@ def main(argv):
     for n in counts:
         for path in FLAGS.paths:
             batch = FLAGS.per_device_batch * n
-            trainer, state, data = _bench.build_train_step(
+            engine, state, data = _bench.build_train_step(
                 FLAGS.model,
                 batch,
                 "float32",
@@ -54,7 +54,7 @@ def main(argv):
                 num_devices=n,
                 path=path,
             )
-            seconds, _ = _bench.time_train_step(trainer, state, data, FLAGS.steps)
+            seconds, _ = _bench.time_train_step(engine, state, data, FLAGS.steps)
             results[path][n] = batch / seconds
             rows.append(
                 [

@@ -34,12 +34,12 @@ def main(argv):
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    from cnnjax.data import DataError
-    from cnnjax.train import CheckpointError, NonFiniteLossError, train_and_evaluate
+    from cnnjax.errors import CnnjaxError
+    from cnnjax.train import train_and_evaluate
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (CheckpointError, NonFiniteLossError, DataError, ValueError) as err:
+    except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
         sys.exit(f"error: {err}")
 
 

@@ -58,12 +58,12 @@ def _config(**overrides):
 
 
 def _train(config, dataset, norm, steps):
-    trainer = train.build_trainer(config, dataset, norm)
-    state = trainer.init_state()
-    data = trainer.put_dataset(dataset.splits["train"].images, dataset.splits["train"].labels)
+    engine = train.build_engine(config, dataset, norm)
+    state = engine.init()
+    data = engine.put_dataset(dataset.splits["train"].images, dataset.splits["train"].labels)
     for _ in range(steps):
-        state, metrics = trainer.train_step(state, *data)
-    return trainer, jax.device_get(trainer.checkpointable(state)), float(metrics["loss"])
+        state, metrics = engine.train_step(state, *data)
+    return engine, jax.device_get(engine.saved(state)), float(metrics["loss"])
 
 
 def test_mesh_pmap_and_one_device_agree(digits):
@@ -72,11 +72,11 @@ def test_mesh_pmap_and_one_device_agree(digits):
     # 1e-5 of each tensor's scale, 4e-7 absolute.
     steps = 3
     _, one, loss_one = _train(_config(num_devices=1), dataset, norm, steps)
-    mesh_trainer, mesh, loss_mesh = _train(_config(num_devices=4), dataset, norm, steps)
-    pmap_trainer, pm, loss_pmap = _train(
+    mesh_engine, mesh, loss_mesh = _train(_config(num_devices=4), dataset, norm, steps)
+    pmap_engine, pm, loss_pmap = _train(
         _config(num_devices=4, parallel="pmap"), dataset, norm, steps
     )
-    assert mesh_trainer.num_devices == pmap_trainer.num_devices == 4
+    assert mesh_engine.num_devices == pmap_engine.num_devices == 4
     assert int(one.step) == int(mesh.step) == int(pm.step) == steps
     for other in (mesh, pm):
         for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(other.params), strict=True):
@@ -91,11 +91,14 @@ def test_mesh_pmap_and_one_device_agree(digits):
 
 def test_each_device_holds_its_slice_of_the_batch(digits):
     dataset, norm = digits
-    trainer = train.build_trainer(_config(num_devices=4, crop_padding=0), dataset, norm)
-    images, labels = trainer.put_dataset(
+    engine = train.build_engine(_config(num_devices=4, crop_padding=0), dataset, norm)
+    images, labels = engine.put_dataset(
         dataset.splits["train"].images, dataset.splits["train"].labels
     )
-    x, _ = jax.jit(trainer.batch)(np.int32(3), images, labels)
+    cfg, mesh = engine.fns.cfg, parallel.make_mesh(4)
+    x, _ = jax.jit(train.mesh_batch, static_argnums=(0, 1))(
+        cfg, parallel.batch_sharded(mesh), np.int32(3), images, labels
+    )
     assert x.shape[0] == 64
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
     assert [s.data.shape[0] for s in shards] == [16] * 4
@@ -104,7 +107,8 @@ def test_each_device_holds_its_slice_of_the_batch(digits):
     for i, s in enumerate(shards):
         np.testing.assert_array_equal(np.asarray(s.data), full[16 * i : 16 * (i + 1)])
     # The pmap path's share for device i is the same rows.
-    xi, _ = trainer.batch(np.int32(3), images, labels, part=(2, 4))
+    share = train.batch_share(train.batch_plan(cfg, np.int32(3)), 2, 4)
+    xi, _ = train.assemble_batch(cfg, images, labels, share)
     np.testing.assert_allclose(np.asarray(xi), full[32:48], rtol=1e-6, atol=1e-6)
 
 
@@ -113,7 +117,7 @@ def test_indivisible_global_batch_is_a_clear_error(digits):
     with pytest.raises(
         ValueError, match=r"`batch_size`=30 must be divisible by the number of devices \(4\)"
     ):
-        train.build_trainer(_config(num_devices=4, batch_size=30), dataset, norm)
+        train.build_engine(_config(num_devices=4, batch_size=30), dataset, norm)
     with pytest.raises(ValueError, match="`num_devices` must be between 1 and 4"):
         parallel.make_mesh(9)
 
@@ -174,10 +178,10 @@ def test_two_processes_on_loopback_match_one_process_with_four_devices(digits, t
     assert "epoch 1/1" in outs[0] and "epoch 1/1" not in outs[1]  # only process 0 logs
 
     config = _config(num_devices=4, num_epochs=1, batch_size=256)
-    trainer, reference, _ = _train(config, dataset, norm, 5)
+    engine, reference, _ = _train(config, dataset, norm, 5)
     with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
         assert ckpts.latest_step() == 5  # 1,294 training images // 256
-        restored = jax.device_get(ckpts.restore(trainer.init_state()))
+        restored = jax.device_get(ckpts.restore(engine.init()))
     for a, b in zip(
         jax.tree.leaves(reference.params), jax.tree.leaves(restored.params), strict=True
     ):
@@ -193,13 +197,14 @@ def test_cpu_compiler_options_keep_convolutions_away_from_ynnpack(digits, monkey
     monkeypatch.delenv("XLA_FLAGS")
 
     dataset, norm = digits
-    trainer = train.build_trainer(_config(num_devices=1), dataset, norm)
-    state = trainer.init_state()
-    data = trainer.put_dataset(dataset.splits["train"].images, dataset.splits["train"].labels)
-    hlo = trainer.train_step.lower(state, *data).compile().as_text()
+    engine = train.build_engine(_config(num_devices=1), dataset, norm)
+    state = engine.init()
+    data = engine.put_dataset(dataset.splits["train"].images, dataset.splits["train"].labels)
+    hlo = engine.train_step.lower(state, *data).compile().as_text()
     assert "convolution(" in hlo and "ynn_fusion" not in hlo
     # Without the options XLA:CPU would hand the same step's convolutions to YNNPACK.
-    plain = jax.jit(trainer._train_step).lower(state, *data).compile().as_text()
+    x, y = train.assemble_batch(engine.fns.cfg, *data, train.batch_plan(engine.fns.cfg, 0))
+    plain = jax.jit(engine.fns.train).lower(state, x, y).compile().as_text()
     assert "ynn_fusion" in plain
 
 

@@ -156,9 +156,9 @@ def _cli(workdir, *extra):
 def _final_params(workdir):
     config = quick(num_devices=1, num_epochs=6)
     dataset, norm = preprocess(load_dataset("digits", image_size=16), "standardize")
-    trainer = train.build_trainer(config, dataset, norm)
+    engine = train.build_engine(config, dataset, norm)
     with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
-        return jax.device_get(ckpts.restore(trainer.init_state()))
+        return jax.device_get(ckpts.restore(engine.init()))
 
 
 def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
@@ -213,20 +213,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     dataset, norm = preprocess(load_dataset("digits", image_size=16), "standardize")
     with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
         assert ckpts.all_steps() == [20]  # the end of epoch 1, the last good state
-        state = ckpts.restore(train.build_trainer(config, dataset, norm).init_state())
+        state = ckpts.restore(train.build_engine(config, dataset, norm).init())
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
 
 def test_one_step_in_bfloat16_keeps_float32_parameters():
     config = quick(compute_dtype="bfloat16", warmup_epochs=0.0)
     dataset, norm = preprocess(load_dataset("digits", image_size=16), "standardize")
-    trainer = train.build_trainer(config, dataset, norm)
-    state = trainer.init_state()
-    images, labels = trainer.put_dataset(
+    engine = train.build_engine(config, dataset, norm)
+    state = engine.init()
+    images, labels = engine.put_dataset(
         dataset.splits["train"].images, dataset.splits["train"].labels
     )
     before = jax.device_get(state.params)
-    state, metrics = trainer.train_step(state, images, labels)
+    state, metrics = engine.train_step(state, images, labels)
     assert int(state.step) == 1
     assert np.isfinite(float(metrics["loss"]))
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))

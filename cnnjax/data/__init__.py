@@ -3,7 +3,7 @@
 Importing this package does not import TensorFlow; loading a TFDS or image-folder dataset does.
 """
 
-from cnnjax.data._types import DataError, Dataset, Split, carve_validation
+from cnnjax.data._types import Dataset, Split, carve_validation
 from cnnjax.data.digits import load_digits
 from cnnjax.data.pipeline import (
     apply_augment,
@@ -19,6 +19,7 @@ from cnnjax.data.preprocess import (
     preprocess,
 )
 from cnnjax.data.sources import load_dataset, load_image_folder, load_tfds
+from cnnjax.errors import DataError
 
 __all__ = [
     "DataError",

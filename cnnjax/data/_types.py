@@ -7,10 +7,6 @@ import dataclasses
 import numpy as np
 
 
-class DataError(RuntimeError):
-    """A dataset that cannot be found or prepared; the message says what to do."""
-
-
 @dataclasses.dataclass
 class Split:
     """Images (N, H, W, C), uint8 pixels or float32 after whitening, and int32 labels (N,)."""

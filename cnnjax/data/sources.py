@@ -12,8 +12,9 @@ import os
 
 import numpy as np
 
-from cnnjax.data._types import DataError, Dataset, Split, carve_validation
+from cnnjax.data._types import Dataset, Split, carve_validation
 from cnnjax.data.digits import load_digits
+from cnnjax.errors import DataError
 
 VALIDATION_NAMES = ("validation", "val", "valid")
 

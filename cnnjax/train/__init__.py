@@ -1,36 +1,70 @@
-"""Training: config, train state, jit-compiled steps, the loop, checkpoints and metrics."""
+"""Training: config, pure train/eval steps, compiled engines, the loop, checkpoints, metrics.
 
-from cnnjax.train.checkpoint import CheckpointError, Checkpoints
+Layers inside, each importing only those above it: ``config`` and ``optim`` (what to train
+with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compiled for devices);
+``build`` (config to engine); ``loop`` (``train_and_evaluate``); ``runs`` (reading runs back).
+"""
+
+from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
+from cnnjax.train.build import build_engine, build_model, load_data
+from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import default_config, validate_config
-from cnnjax.train.loop import (
-    NonFiniteLossError,
-    build_model,
-    build_trainer,
-    evaluate_checkpoint,
-    load_data,
-    load_run,
-    train_and_evaluate,
-)
+from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine
+from cnnjax.train.loop import train_and_evaluate
 from cnnjax.train.metrics import MetricWriter, read_metrics
 from cnnjax.train.optim import make_optimizer, make_schedule
-from cnnjax.train.trainer import Trainer, TrainState
+from cnnjax.train.pmap import batch_share, pmap_engine
+from cnnjax.train.runs import evaluate_checkpoint, load_run
+from cnnjax.train.step import (
+    BatchPlan,
+    StepConfig,
+    StepFns,
+    TrainState,
+    apply_grads,
+    assemble_batch,
+    batch_plan,
+    eval_step,
+    init_state,
+    loss_and_grads,
+    make_step_fns,
+    train_step,
+    variables_of,
+)
 
 __all__ = [
+    "BatchPlan",
     "CheckpointError",
     "Checkpoints",
+    "ConfigError",
+    "Engine",
     "MetricWriter",
     "NonFiniteLossError",
+    "StepConfig",
+    "StepFns",
     "TrainState",
-    "Trainer",
+    "apply_grads",
+    "assemble_batch",
+    "batch_plan",
+    "batch_share",
+    "build_engine",
     "build_model",
-    "build_trainer",
     "default_config",
+    "eval_step",
+    "evaluate",
     "evaluate_checkpoint",
+    "init_state",
     "load_data",
     "load_run",
+    "loss_and_grads",
     "make_optimizer",
     "make_schedule",
+    "make_step_fns",
+    "mesh_batch",
+    "mesh_engine",
+    "pmap_engine",
     "read_metrics",
     "train_and_evaluate",
+    "train_step",
     "validate_config",
+    "variables_of",
 ]

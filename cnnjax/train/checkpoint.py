@@ -9,9 +9,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored; nothing in the workdir was changed."""
+from cnnjax.errors import CheckpointError
 
 
 class Checkpoints:

@@ -4,87 +4,272 @@ The workdir is the run: ``config.json``, ``metrics.jsonl``, TensorBoard events, 
 checkpoints and ``results.json``. Calling it again on the same workdir resumes from the
 latest checkpoint. SIGINT/SIGTERM write a checkpoint and return; a non-finite loss stops the
 run naming the step, keeping the last good checkpoint.
+
+Stages, in order: data; model and compiled steps; restore (or initialise); the epoch loop
+(:func:`_train`), with :func:`_end_of_epoch` for evaluation and checkpoints; final results.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from tqdm import tqdm
 
-from cnnjax import models, parallel
-from cnnjax.data import Dataset, Normalization, load_dataset, preprocess
+from cnnjax import models
+from cnnjax.data import Dataset
+from cnnjax.errors import NonFiniteLossError
+from cnnjax.train.build import build_engine, load_data
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import validate_config
+from cnnjax.train.engine import Engine, evaluate
 from cnnjax.train.metrics import MetricWriter
-from cnnjax.train.optim import make_optimizer
 from cnnjax.train.plots import plot_curves
-from cnnjax.train.trainer import Trainer
+from cnnjax.train.step import TrainState
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the message names the step."""
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
+    validate_config(config)
+    lead = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    dataset, norm = load_data(config)  # data
+    engine = build_engine(config, dataset, norm)  # model and compiled steps
+    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
+        state = engine.init()  # restore: raises CheckpointError before anything is written
+        if ckpts.latest_step() is not None:
+            state = engine.restored(ckpts.restore(engine.saved(state)))
+        run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
+        run.start(state)
+        with _StopRequest() as stop:
+            state, stopped = _train(run, state, stop)
+        if stopped:
+            return {"stopped_at_step": stopped}
+    return _finish(run, state)
 
 
-def build_model(config, num_classes: int):
-    """The configured registry model, with the overrides the config sets."""
-    overrides: dict[str, Any] = dict(
-        num_classes=num_classes, width=config.width, conv_backend=config.conv_backend
+@dataclasses.dataclass
+class _Run:
+    """What the stages of one run share: its inputs and where its outputs go."""
+
+    config: Any
+    workdir: str
+    engine: Engine
+    dataset: Dataset
+    checkpoints: Checkpoints
+    lead: bool  # process 0 of a multi-host run writes the logs
+    started: float  # perf_counter() at the start of this process's part of the run
+    writer: MetricWriter | None = None
+    first_step: int = 0
+    num_params: int = 0
+    compile_seconds: float = 0.0
+    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.engine.fns.cfg.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.num_epochs * self.steps_per_epoch
+
+    def say(self, line: str) -> None:
+        if self.lead:
+            tqdm.write(line)
+
+    def start(self, state: TrainState) -> None:
+        """Records the config, announces the run and opens the metric writer."""
+        saved = self.engine.saved(state)
+        self.first_step = int(jax.device_get(saved.step))
+        self.num_params = models.count_params(saved.params)
+        if self.lead:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(self.config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        self.say(
+            f"{self.dataset.summary()}\nmodel {self.config.model}: {self.num_params:,} "
+            f"parameters; {self.engine.num_devices} device(s); {self.steps_per_epoch} "
+            f"steps/epoch, {self.total_steps} total"
+            + (f"; resuming at step {self.first_step}" if self.first_step else "")
+        )
+        self.writer = MetricWriter(self.workdir, enabled=self.lead)
+
+    def save(self, step: int, state: TrainState) -> None:
+        metrics = {"val_accuracy": self.last_eval["val_accuracy"]} if self.last_eval else None
+        self.checkpoints.save(step, self.engine.saved(state), metrics)
+
+
+class _Meter:
+    """Step times and running means of the step metrics, for log rows and epoch summaries.
+
+    Metrics arrive one step behind the dispatch (waiting for them is what synchronises); the
+    time between two arrivals is one step's time, except for the first step of the process,
+    which includes compilation and is reported as ``compile_seconds`` instead.
+    """
+
+    def __init__(self, first_step: int, batch_size: int):
+        self.first_step, self.batch_size = first_step, batch_size
+        self.last = time.perf_counter()
+        self.compile_seconds = 0.0
+        self.epoch, self.log = _Sums(), _Sums()
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        if step == self.first_step + 1:
+            self.compile_seconds = elapsed
+        else:
+            metrics = {**metrics, "step_time": elapsed, "images_per_sec": self.batch_size / elapsed}
+        self.epoch.add(metrics)
+        self.log.add(metrics)
+
+    def restart_clock(self) -> None:
+        """Time spent outside the steps (evaluation, checkpoints) is not step time."""
+        self.last = time.perf_counter()
+
+    def log_row(self) -> dict[str, float]:
+        row, self.log = self.log.mean(prefix="train_"), _Sums()
+        return row
+
+    def epoch_row(self) -> dict[str, float]:
+        row, self.epoch = self.epoch.mean(prefix="train_"), _Sums()
+        return row
+
+
+def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState, int]:
+    """The epoch loop. Returns the final state and the step it stopped at on a signal (else 0)."""
+    config = run.config
+    images, labels = run.engine.put_dataset(
+        run.dataset.splits["train"].images, run.dataset.splits["train"].labels
     )
-    if config.compute_dtype == "bfloat16":
-        overrides["dtype"] = jnp.bfloat16
-    for key in ("batch_norm", "dropout", "input_dropout", "downsample", "activation"):
-        if config[key] is not None:
-            overrides[key] = config[key]
-    return models.get_model(config.model, **overrides)
+    meter = _Meter(run.first_step, config.batch_size)
+    bar = _ProgressBar(run, enabled=run.lead and config.progress)
+    step, pending = run.first_step, None
+    try:
+        while step < run.total_steps:
+            state, metrics = run.engine.train_step(state, images, labels)
+            step += 1
+            if pending is not None:
+                meter.add(*_checked(run, *pending))
+            pending = (step, metrics)
+            bar.update(step)
+            epoch_end = step % run.steps_per_epoch == 0 or step == run.total_steps
+            if step % config.log_every_steps == 0 or epoch_end or stop.signal_name:
+                meter.add(*_checked(run, *pending))
+                pending = None
+                row = meter.log_row()
+                bar.show(row)
+                run.writer.write(step, row)
+            if epoch_end:
+                _end_of_epoch(run, state, step, meter.epoch_row())
+                meter.restart_clock()
+            if stop.signal_name:
+                _save_on_signal(run, state, step, stop.signal_name)
+                return state, step
+    finally:
+        bar.close()
+        run.checkpoints.wait()
+        run.writer.flush()
+    run.compile_seconds = meter.compile_seconds
+    return state, 0
 
 
-def load_data(config) -> tuple[Dataset, Normalization]:
-    dataset = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        image_size=config.image_size,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        download=config.download,
+def _checked(run: _Run, step: int, metrics) -> tuple[int, dict[str, float]]:
+    """The step's metrics on the host; raises NonFiniteLossError if the loss diverged."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    for name in ("loss", "accuracy"):
+        if not math.isfinite(metrics[name]):
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: the train {name} is {metrics[name]} (not "
+                f"finite). The last good checkpoint (step {run.checkpoints.latest_step()}) is "
+                f"kept in {run.checkpoints.directory}; lower `learning_rate` or set "
+                "`grad_clip_norm`."
+            )
+    return step, metrics
+
+
+def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, float]) -> None:
+    """Evaluates (every ``eval_every_epochs``), logs the epoch and checkpoints."""
+    config, epoch = run.config, step // run.steps_per_epoch
+    last = step == run.total_steps
+    if epoch % config.eval_every_epochs == 0 or last:
+        val = run.dataset.splits["validation"]
+        m = evaluate(run.engine, state, val.images, val.labels, config.eval_batch_size)
+        run.last_eval = {"val_" + k: v for k, v in m.items()}
+        summary.update(run.last_eval)
+    summary["elapsed_seconds"] = time.perf_counter() - run.started
+    run.writer.write(step, {"epoch": epoch, **summary})
+    run.say(_epoch_line(epoch, config.num_epochs, summary))
+    if epoch % config.checkpoint_every_epochs == 0 or last:
+        run.save(step, state)
+
+
+def _save_on_signal(run: _Run, state: TrainState, step: int, signal_name: str) -> None:
+    run.save(step, state)
+    run.checkpoints.wait()
+    run.say(
+        f"received {signal_name}: saved the checkpoint of step {step} in "
+        f"{run.checkpoints.directory}; run the same command again to resume."
     )
-    return preprocess(dataset, config.preprocess)
 
 
-def build_trainer(config, dataset: Dataset, norm: Normalization, mesh=None) -> Trainer:
-    """A :class:`Trainer` (jit over a mesh) or, with ``parallel="pmap"``, a ``PmapTrainer``."""
-    mesh = mesh or parallel.make_mesh(config.num_devices)
-    train = dataset.splits["train"]
-    steps_per_epoch = len(train) // config.batch_size
-    tx, schedule = make_optimizer(config, max(steps_per_epoch, 1))
-    model = build_model(config, dataset.num_classes)
-    cls = Trainer
-    if config.parallel == "pmap":
-        from cnnjax.train.pmap import PmapTrainer
+def _finish(run: _Run, state: TrainState) -> dict[str, float]:
+    """Final evaluation of every held-out split; writes ``results.json`` and ``curves.png``."""
+    config, engine = run.config, run.engine
+    flops = models.count_flops(engine.fns.model, run.dataset.image_shape)
+    results: dict[str, float] = {"num_params": float(run.num_params), "flops_per_image": flops}
+    for split, key in (("validation", "val"), ("test", "test")):
+        if split in run.dataset.splits:
+            s = run.dataset.splits[split]
+            m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size)
+            results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
+            results[f"{key}_error"] = 1.0 - m["accuracy"]
+    results["train_seconds"] = time.perf_counter() - run.started
+    results["compile_seconds"] = run.compile_seconds
+    run.writer.write(run.total_steps, results)
+    run.writer.close()
+    if run.lead:
+        with open(os.path.join(run.workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+        plot_curves(run.workdir)
+        run.say("final: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    return results
 
-        cls, model = PmapTrainer, model.clone(bn_axis_name=parallel.DATA)
-    return cls(
-        model,
-        tx,
-        schedule,
-        norm,
-        num_classes=dataset.num_classes,
-        image_shape=dataset.image_shape,
-        num_train=len(train),
-        batch_size=config.batch_size,
-        mesh=mesh,
-        seed=config.seed,
-        label_smoothing=config.label_smoothing,
-        crop_padding=config.crop_padding,
-        flip=config.flip,
-    )
+
+class _ProgressBar:
+    """A tqdm bar that appears after the first step (compilation) and shows loss and img/s."""
+
+    def __init__(self, run: _Run, enabled: bool):
+        self.run, self.enabled, self.bar = run, enabled, None
+
+    def update(self, step: int) -> None:
+        if self.bar is None and step == self.run.first_step + 2:
+            self.bar = tqdm(
+                total=self.run.total_steps,
+                initial=step - 1,
+                unit="step",
+                disable=not self.enabled,
+                dynamic_ncols=True,
+                leave=False,
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, row: dict[str, float]) -> None:
+        if self.bar is not None and "train_images_per_sec" in row:
+            self.bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}", img_s=f"{row['train_images_per_sec']:.0f}"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _StopRequest:
@@ -92,7 +277,7 @@ class _StopRequest:
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = {}
+        self._previous: dict[int, Callable | int | None] = {}
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,161 +291,6 @@ class _StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _host(metrics) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
-    validate_config(config)
-    lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    dataset, norm = load_data(config)
-    trainer = build_trainer(config, dataset, norm)
-    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
-        return _run(config, workdir, trainer, dataset, ckpts, lead)
-
-
-def _run(config, workdir, trainer, dataset, checkpoints, lead) -> dict[str, float]:
-    steps_per_epoch = trainer.steps_per_epoch
-    total_steps = config.num_epochs * steps_per_epoch
-    state = trainer.init_state()
-    if checkpoints.latest_step() is not None:
-        # Raises CheckpointError before anything is written.
-        state = trainer.from_checkpoint(checkpoints.restore(trainer.checkpointable(state)))
-    start = int(jax.device_get(trainer.step_of(state)))
-    if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    num_params = models.count_params(trainer.params_of(state))
-    say = tqdm.write if lead else (lambda *_: None)
-    say(
-        f"{dataset.summary()}\nmodel {config.model}: {num_params:,} parameters; "
-        f"{trainer.num_devices} device(s); {steps_per_epoch} steps/epoch, {total_steps} total"
-        + (f"; resuming at step {start}" if start else "")
-    )
-    writer = MetricWriter(workdir, enabled=lead)
-    images, labels = trainer.put_dataset(
-        dataset.splits["train"].images, dataset.splits["train"].labels
-    )
-    val = dataset.splits["validation"]
-    step, bar, pending = start, None, None
-    epoch_sums, log_sums = _Sums(), _Sums()
-    t_last, run_start, compile_s = time.perf_counter(), time.perf_counter(), 0.0
-    last_eval: dict[str, float] = {}
-
-    def resolve(pending):
-        """Waits for one step's metrics (one step behind the dispatch) and checks them."""
-        nonlocal t_last, compile_s
-        s, m = pending
-        m = _host(m)
-        now = time.perf_counter()
-        dt, t_last = now - t_last, now
-        for name in ("loss", "accuracy"):
-            if not math.isfinite(m[name]):
-                raise NonFiniteLossError(
-                    f"training stopped at step {s}: the train {name} is {m[name]} (not finite). "
-                    f"The last good checkpoint (step {checkpoints.latest_step()}) is kept in "
-                    f"{checkpoints.directory}; lower `learning_rate` or set `grad_clip_norm`."
-                )
-        if s == start + 1:
-            compile_s = dt  # the first step of a run includes compilation: not timed
-        else:
-            m["step_time"] = dt
-            m["images_per_sec"] = config.batch_size / dt
-        epoch_sums.add(m)
-        log_sums.add(m)
-        return s, m
-
-    with _StopRequest() as stop:
-        try:
-            while step < total_steps:
-                state, metrics = trainer.train_step(state, images, labels)
-                step += 1
-                if pending is not None:
-                    resolve(pending)
-                pending = (step, metrics)
-                if bar is None and step == start + 2:
-                    bar = tqdm(
-                        total=total_steps,
-                        initial=step - 1,
-                        unit="step",
-                        disable=not (lead and config.progress),
-                        dynamic_ncols=True,
-                        leave=False,
-                    )
-                if bar is not None:
-                    bar.update(1)
-                epoch_end = step % steps_per_epoch == 0 or step == total_steps
-                if step % config.log_every_steps == 0 or epoch_end or stop.signal_name:
-                    resolve(pending)
-                    pending = None
-                    row = log_sums.mean(prefix="train_")
-                    if bar is not None and "train_images_per_sec" in row:
-                        bar.set_postfix(
-                            loss=f"{row['train_loss']:.3f}",
-                            img_s=f"{row['train_images_per_sec']:.0f}",
-                        )
-                    writer.write(step, row)
-                    log_sums = _Sums()
-                if epoch_end:
-                    epoch = step // steps_per_epoch
-                    summary = epoch_sums.mean(prefix="train_")
-                    epoch_sums = _Sums()
-                    if epoch % config.eval_every_epochs == 0 or step == total_steps:
-                        m = trainer.evaluate(state, val.images, val.labels, config.eval_batch_size)
-                        last_eval = _prefixed("val_", m)
-                        summary.update(last_eval)
-                    summary["elapsed_seconds"] = time.perf_counter() - run_start
-                    writer.write(step, {"epoch": epoch, **summary})
-                    say(_epoch_line(epoch, config.num_epochs, summary))
-                    if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-                        checkpoints.save(
-                            step, trainer.checkpointable(state), _ckpt_metrics(last_eval)
-                        )
-                    t_last = time.perf_counter()  # evaluation time is not step time
-                if stop.signal_name:
-                    if pending is not None:
-                        resolve(pending)
-                    checkpoints.save(step, trainer.checkpointable(state), _ckpt_metrics(last_eval))
-                    checkpoints.wait()
-                    say(
-                        f"received {stop.signal_name}: saved the checkpoint of step {step} in "
-                        f"{checkpoints.directory}; run the same command again to resume."
-                    )
-                    return {"stopped_at_step": step}
-        finally:
-            if bar is not None:
-                bar.close()
-            checkpoints.wait()
-            writer.flush()
-
-    results = _final_results(config, trainer, state, dataset, num_params, run_start, compile_s)
-    writer.write(step, results)
-    writer.close()
-    if lead:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-        plot_curves(workdir)
-        say("final: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-    return results
-
-
-def _final_results(config, trainer, state, dataset, num_params, run_start, compile_s):
-    flops = models.count_flops(trainer.model, dataset.image_shape)
-    results: dict[str, float] = {"num_params": float(num_params), "flops_per_image": flops}
-    for split in ("validation", "test"):
-        if split in dataset.splits:
-            s = dataset.splits[split]
-            m = trainer.evaluate(state, s.images, s.labels, config.eval_batch_size)
-            key = "val" if split == "validation" else "test"
-            results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
-            results[f"{key}_error"] = 1.0 - m["accuracy"]
-    results["train_seconds"] = time.perf_counter() - run_start
-    results["compile_seconds"] = compile_s
-    return results
 
 
 class _Sums:
@@ -280,14 +310,6 @@ class _Sums:
         return out
 
 
-def _prefixed(prefix: str, m: dict[str, float]) -> dict[str, float]:
-    return {prefix + k: v for k, v in m.items()}
-
-
-def _ckpt_metrics(last_eval: dict[str, float]) -> dict[str, float] | None:
-    return {"val_accuracy": last_eval["val_accuracy"]} if last_eval else None
-
-
 def _epoch_line(epoch: int, num_epochs: int, m: dict[str, float]) -> str:
     parts = [f"epoch {epoch}/{num_epochs}"]
     for key, fmt in (
@@ -301,76 +323,3 @@ def _epoch_line(epoch: int, num_epochs: int, m: dict[str, float]) -> str:
         if key in m:
             parts.append(f"{key.replace('train_images_per_sec', 'img/s')} {fmt.format(m[key])}")
     return "  ".join(parts)
-
-
-def load_run(
-    workdir: str,
-    *,
-    step: int | None = None,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-):
-    """A finished or interrupted run, rebuilt from its ``config.json`` and checkpoint.
-
-    Returns ``(config, trainer, state, data)``; ``dataset``/``data_dir`` swap the data (same
-    image shape and number of classes).
-    """
-    import ml_collections
-
-    from cnnjax.train.config import default_config
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a run?")
-    with open(path) as f:
-        saved = json.load(f)
-    config = default_config()
-    config.update(ml_collections.ConfigDict(_tuples(saved)))
-    if dataset is not None:
-        config.dataset = dataset
-    if data_dir is not None:
-        config.data_dir = data_dir
-    data, norm = load_data(config)
-    trainer = build_trainer(config, data, norm)
-    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
-        state = trainer.from_checkpoint(
-            ckpts.restore(trainer.checkpointable(trainer.init_state()), step)
-        )
-    return config, trainer, state, data
-
-
-def evaluate_checkpoint(
-    workdir: str,
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-    """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
-
-    ``split`` defaults to ``test`` when the dataset has one, else ``validation``.
-    """
-    config, trainer, state, data = load_run(workdir, step=step, dataset=dataset, data_dir=data_dir)
-    split = split or ("test" if "test" in data.splits else "validation")
-    if split not in data.splits:
-        raise ValueError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
-    s = data.splits[split]
-    m = trainer.evaluate(state, s.images, s.labels, config.eval_batch_size)
-    return {
-        "workdir": workdir,
-        "dataset": config.dataset,
-        "split": split,
-        "step": int(trainer.step_of(state)),
-        "examples": len(s),
-        **m,
-    }
-
-
-def _tuples(d):
-    """JSON turns tuples into lists; the config's tuple fields want tuples back."""
-    if isinstance(d, dict):
-        return {k: _tuples(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return tuple(d)
-    return d

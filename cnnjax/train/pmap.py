@@ -1,16 +1,17 @@
 """The classic ``jax.pmap`` data-parallel step, kept beside the mesh path for comparison.
 
-``jax.pmap`` is in maintenance mode; :class:`cnnjax.train.Trainer` (``jax.jit`` over a device
-mesh) is the default. This path replicates the state with a leading device axis, gives each
-device its share of the same global batch (same indices and augmentation draws as the mesh
-path) and averages gradients, metrics and BatchNorm statistics with ``lax.pmean``. BatchNorm
-layers normalise with cross-device statistics (``bn_axis_name``), so without dropout both paths
-compute the same updates. Dropout masks differ (each device folds in its index).
-Single-host only: multi-host runs use the mesh path.
+``jax.pmap`` is in maintenance mode; :func:`cnnjax.train.engine.mesh_engine` is the default.
+This engine composes the same pure functions of :mod:`cnnjax.train.step` and adds only what
+pmap needs: a leading device axis on the state, each device's share of the global batch (the
+same indices and augmentation draws as the mesh path), ``lax.pmean`` of gradients, metrics and
+BatchNorm statistics, and cross-device BatchNorm (the model's ``bn_axis_name``). Without
+dropout both paths compute the same updates up to float32 summation order; dropout masks
+differ (each device folds in its index). Single-host only: multi-host runs use the mesh path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,79 +19,97 @@ import numpy as np
 from jax import lax
 
 from cnnjax.parallel import DATA, compiler_options
-from cnnjax.train.trainer import Trainer
+from cnnjax.train.engine import Engine
+from cnnjax.train.step import (
+    BatchPlan,
+    StepFns,
+    TrainState,
+    apply_grads,
+    assemble_batch,
+    batch_plan,
+    loss_and_grads,
+    make_step_fns,
+)
 
 
-class PmapTrainer(Trainer):
-    """Same interface as :class:`Trainer`; states carry a leading device axis."""
+def batch_share(plan: BatchPlan, index, count: int) -> BatchPlan:
+    """Device ``index``'s rows of a global batch plan split evenly over ``count`` devices."""
+    size = plan.indices.shape[0] // count
+    return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, index * size, size), plan)
 
-    def _compile(self) -> None:
-        self.devices = list(self.mesh.devices.flat)
-        n = len(self.devices)
-        # One copy per device; the mapped dummy argument gives pmap its axis size.
-        copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=self.devices)
-        self._replicate = lambda tree: copy(np.arange(n), tree)
-        self.init_state = lambda: self._replicate(jax.jit(self._init)())
-        options = compiler_options(self.devices[0].platform)
-        step = _with_options(
-            jax.pmap(
-                functools.partial(self._train_step, axis_name=DATA),
-                axis_name=DATA,
-                devices=self.devices,
-                donate_argnums=(0,),
-            ),
-            options,
+
+def _pmap_train_step(fns: StepFns, state: TrainState, images, labels):
+    i = lax.axis_index(DATA)
+    share = batch_share(batch_plan(fns.cfg, state.step), i, lax.axis_size(DATA))
+    x, y = assemble_batch(fns.cfg, images, labels, share)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(fns.cfg.keys()[3], state.step), i)
+    grads, stats, metrics = loss_and_grads(
+        fns.model, fns.cfg, state.params, state.batch_stats, x, y, dropout_key
+    )
+    grads, stats, metrics = lax.pmean((grads, stats, metrics), DATA)
+    metrics["learning_rate"] = fns.schedule(state.step)
+    return apply_grads(fns.tx, state, grads, stats), metrics
+
+
+def _pmap_eval_step(fns: StepFns, state: TrainState, images, labels):
+    return lax.psum(fns.eval(state, images, labels), DATA)
+
+
+class _CompiledOnFirstCall:
+    """A pmapped function compiled ahead of time with XLA ``options`` when first called
+    (``jax.pmap`` takes no compiler options; one run calls it with one argument signature)."""
+
+    def __init__(self, pmapped, options):
+        self.pmapped, self.options, self.executable = pmapped, options, None
+
+    def __call__(self, *args):
+        if self.executable is None:
+            self.executable = self.pmapped.lower(*args).compile(self.options or None)
+        return self.executable(*args)
+
+
+def pmap_engine(fns: StepFns, devices) -> Engine:
+    """``fns`` under ``jax.pmap`` over ``devices``; states carry a leading device axis."""
+    devices = list(devices)
+    n = len(devices)
+    if "bn_axis_name" in {f.name for f in dataclasses.fields(fns.model)}:
+        fns = make_step_fns(
+            fns.model.clone(bn_axis_name=DATA), fns.tx, fns.schedule, fns.cfg, fns.image_shape
         )
-        self.train_step = lambda state, images, labels: _first_metrics(step(state, images, labels))
-        self.eval_step = _with_options(
-            jax.pmap(self._pmap_eval_step, axis_name=DATA, devices=self.devices), options
-        )
+    # One copy per device; the mapped dummy argument gives pmap its axis size.
+    copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=devices)
+    replicate = lambda tree: copy(np.arange(n), tree)
+    options = compiler_options(devices[0].platform)
+    step = _CompiledOnFirstCall(
+        jax.pmap(
+            functools.partial(_pmap_train_step, fns),
+            axis_name=DATA,
+            devices=devices,
+            donate_argnums=(0,),
+        ),
+        options,
+    )
+    eval_step = _CompiledOnFirstCall(
+        jax.pmap(functools.partial(_pmap_eval_step, fns), axis_name=DATA, devices=devices),
+        options,
+    )
+    first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+    split = lambda a: np.reshape(a, (n, -1, *a.shape[1:]))
 
-    def _pmap_eval_step(self, state, images, labels):
-        return lax.psum(self._eval_step(state, images, labels), DATA)
+    def train_step(state, images, labels):
+        state, metrics = step(state, images, labels)
+        return state, first(metrics)
 
-    @property
-    def num_devices(self) -> int:
-        return len(self.devices)
+    def eval_batch(state, images, labels):
+        return first(eval_step(state, split(images), split(labels)))
 
-    def step_of(self, state):
-        return state.step[0]
-
-    def params_of(self, state):
-        return jax.tree.map(lambda a: a[0], state.params)
-
-    def put_dataset(self, images, labels):
-        return self._replicate(images), self._replicate(labels)
-
-    def checkpointable(self, state):
-        return jax.tree.map(lambda a: a[0], state)
-
-    def from_checkpoint(self, state):
-        return self._replicate(state)
-
-    def _eval_batch(self, state, images, labels):
-        n = self.num_devices
-        split = lambda a: np.reshape(a, (n, -1, *a.shape[1:]))
-        return jax.tree.map(lambda a: a[0], self.eval_step(state, split(images), split(labels)))
-
-
-def _first_metrics(out):
-    state, metrics = out
-    return state, jax.tree.map(lambda m: m[0], metrics)
-
-
-def _with_options(pmapped, options):
-    """``pmapped``, compiled ahead of time with XLA ``options`` on its first call for each
-    argument signature (``jax.pmap`` itself takes no compiler options)."""
-    if not options:
-        return pmapped
-    compiled = {}
-
-    def call(*args):
-        leaves, tree = jax.tree.flatten(args)
-        key = tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves)
-        if key not in compiled:
-            compiled[key] = pmapped.lower(*args).compile(options)
-        return compiled[key](*args)
-
-    return call
+    return Engine(
+        fns=fns,
+        num_devices=n,
+        init=lambda: replicate(jax.jit(fns.init)()),
+        train_step=train_step,
+        eval_batch=eval_batch,
+        put_dataset=lambda images, labels: (replicate(images), replicate(labels)),
+        saved=first,
+        restored=replicate,
+    )

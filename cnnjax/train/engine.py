@@ -1,0 +1,120 @@
+"""The steps of a run compiled for its devices: shapes first, then shardings, then jit.
+
+An :class:`Engine` is what the training loop drives. :func:`mesh_engine` builds the default
+one (``jax.jit`` over a ``("data",)`` mesh: the batch is split over the devices, the state is
+replicated and donated, XLA inserts the gradient all-reduce);
+:func:`cnnjax.train.pmap.pmap_engine` builds the classic ``jax.pmap`` one from the same pure
+functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from cnnjax import parallel
+from cnnjax.train.step import StepConfig, StepFns, TrainState, assemble_batch, batch_plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """Compiled steps and the few device-layout facts the loop needs.
+
+    Attributes:
+      fns: the pure functions the engine was compiled from.
+      num_devices: devices one step runs on.
+      init: () -> the initial state, on the devices.
+      train_step: (state, images, labels) -> (state, metrics); the state is donated; the
+        dataset is the one :attr:`put_dataset` returned.
+      eval_batch: (state, host images, host labels) -> summed metrics of one padded batch,
+        whose size is a multiple of ``num_devices``.
+      put_dataset: (host images, host labels) -> the training split on the devices.
+      saved: state on the devices -> the single copy that checkpoints hold.
+      restored: that copy -> the state on the devices.
+    """
+
+    fns: StepFns
+    num_devices: int
+    init: Callable[[], TrainState]
+    train_step: Callable[..., tuple[TrainState, dict[str, Any]]]
+    eval_batch: Callable[..., dict[str, Any]]
+    put_dataset: Callable[..., tuple[jax.Array, jax.Array]]
+    saved: Callable[[TrainState], TrainState]
+    restored: Callable[[TrainState], TrainState]
+
+
+def mesh_batch(cfg: StepConfig, batch_sharding, step, images, labels):
+    """Global batch ``step`` (x, y), split over the mesh: constraining the indices to the batch
+    sharding makes each device gather, normalise and augment only its own rows."""
+    plan = batch_plan(cfg, step)
+    plan = plan._replace(indices=jax.lax.with_sharding_constraint(plan.indices, batch_sharding))
+    return assemble_batch(cfg, images, labels, plan)
+
+
+def _mesh_train_step(fns: StepFns, batch_sharding, state: TrainState, images, labels):
+    x, y = mesh_batch(fns.cfg, batch_sharding, state.step, images, labels)
+    return fns.train(state, x, y)
+
+
+def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
+    """``fns`` compiled with ``jax.jit`` for ``mesh`` (one device or many, one host or many)."""
+    parallel.check_global_batch(fns.cfg.batch_size, mesh.size)
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(fns.init))
+    options = parallel.compiler_options(mesh.devices.flat[0].platform)
+    train_step = jax.jit(
+        functools.partial(_mesh_train_step, fns, batch_sharding),
+        in_shardings=(state_sharding, replicated, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+        compiler_options=options,
+    )
+    eval_step = jax.jit(
+        fns.eval,
+        in_shardings=(state_sharding, batch_sharding, batch_sharding),
+        out_shardings=replicated,
+        compiler_options=options,
+    )
+
+    def eval_batch(state, images, labels):
+        put = functools.partial(parallel.to_global, sharding=batch_sharding)
+        return eval_step(state, put(images), put(labels))
+
+    def put_dataset(images, labels):
+        return parallel.to_global(images, replicated), parallel.to_global(labels, replicated)
+
+    same = lambda state: state  # the mesh path saves its global arrays as they are
+    return Engine(
+        fns=fns,
+        num_devices=mesh.size,
+        init=jax.jit(fns.init, out_shardings=state_sharding),
+        train_step=train_step,
+        eval_batch=eval_batch,
+        put_dataset=put_dataset,
+        saved=same,
+        restored=same,
+    )
+
+
+def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int):
+    """Mean loss and accuracy over a whole split, in padded batches of about ``batch_size``."""
+    devices = engine.num_devices
+    batch_size = max(devices, batch_size // devices * devices)
+    totals = {"loss": 0.0, "correct": 0, "count": 0}
+    for start in range(0, len(labels), batch_size):
+        xb = images[start : start + batch_size]
+        yb = np.asarray(labels[start : start + batch_size], np.int32)
+        pad = batch_size - len(yb)
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, -np.ones(pad, np.int32)])
+        for k, v in jax.device_get(engine.eval_batch(state, xb, yb)).items():
+            totals[k] += v
+    count = max(int(totals["count"]), 1)
+    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
