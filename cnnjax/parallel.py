@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -38,20 +40,19 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 
 # XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK, whose kernel-gradient convolutions are
-# slow at CNN sizes: All-CNN-C's 96->96 3x3 layer (batch 128, 32x32) takes 3.96 s forward and
-# backward through YNNPACK and 0.42 s through XLA's own kernels (experiments/perf_notes.md).
-# An empty list turns the YNNPACK fusions off for the executables it is passed to.
+# an order of magnitude slower than XLA's own at CNN sizes (experiments/perf_notes.md). An
+# empty list turns the YNNPACK fusions off for the executables it is passed to.
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
 
 def compiler_options(platform: str | None = None) -> dict[str, str]:
     """XLA options for ``jax.jit(..., compiler_options=...)`` that cnnjax compiles with.
 
-    On CPU this keeps convolutions and dots away from YNNPACK (10x faster kernel gradients,
-    3x faster training steps at All-CNN-C sizes); elsewhere, or when ``XLA_FLAGS`` already
-    sets the YNNPACK fusion list (the user's choice wins), it is empty. ``platform``: "cpu",
-    "gpu", "tpu"; default: the platform of JAX's default backend. Use it for your own jitted
-    functions too::
+    On CPU this keeps convolutions and dots away from YNNPACK, whose kernel gradients are
+    much slower at CNN sizes; elsewhere, or when ``XLA_FLAGS`` already sets the YNNPACK fusion
+    list (the user's choice wins), it is empty. ``platform``: "cpu", "gpu", "tpu"; default:
+    the platform of JAX's default backend. Every executable cnnjax compiles gets them; your
+    own jitted functions get them from :func:`jit`, or pass them yourself::
 
         step = jax.jit(step, compiler_options=cnnjax.parallel.compiler_options())
     """
@@ -61,17 +62,24 @@ def compiler_options(platform: str | None = None) -> dict[str, str]:
     return {_YNN_OPTION: ""}
 
 
+def jit(fun: Callable, **kwargs: Any) -> Any:
+    """``jax.jit`` with :func:`compiler_options` for the default backend merged into
+    ``compiler_options`` (yours win). On CPUs it is what keeps a convolution network's
+    gradients off YNNPACK; elsewhere it is plain ``jax.jit``."""
+    options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
+    return jax.jit(fun, compiler_options=options or None, **kwargs)
+
+
 def keep_freed_host_memory(limit_bytes: int = 1 << 30) -> bool:
     """Lets glibc's ``malloc`` keep up to ``limit_bytes`` of freed memory for reuse.
 
     XLA:CPU allocates an executable's large temporaries afresh on every call, and glibc hands
     blocks that large back to the operating system when they are freed (``mmap``, heap trim),
-    so each call page-faults them in again. Short, memory-heavy programs pay most: forward +
-    backward of the gemm backend (3x3, 8x64x64, 16->16, whose im2col matrices are 19 MB) drops
-    from about 24 to 9 ms; a 2 s All-CNN-C training step does not change. The process keeps
-    its peak heap instead of shrinking. Process-wide, so it is the caller's choice;
-    ``experiments.conv_backends`` makes it. Returns False, changing nothing, where the C
-    library is not glibc.
+    so each call page-faults them in again. Short, memory-heavy programs pay most (the gemm
+    backend's im2col matrices); long training steps do not change (``experiments/
+    perf_notes.md``). The process keeps its peak heap instead of shrinking. Process-wide, so
+    nothing in cnnjax calls it: it is the caller's choice (``experiments.conv_backends
+    --keep_freed_memory``). Returns False, changing nothing, where the C library is not glibc.
     """
     is_int = isinstance(limit_bytes, int) and not isinstance(limit_bytes, bool)
     if not is_int or not 0 < limit_bytes < 2**31:

@@ -239,85 +239,112 @@ def _dot_general(eqn, lhs: Info, rhs: Info) -> Info:
     return _union(joined, "dot_general")
 
 
-def _propagate(eqn, ins: list[Info]) -> list[Info]:
-    prim = eqn.primitive.name
-    if not any(ins):
-        return [{} for _ in eqn.outvars]
-    shape = eqn.invars[0].aval.shape if eqn.invars else ()
-    p = eqn.params
-    if prim in _ELEMENTWISE:
-        return [_union(ins, prim)] * len(eqn.outvars)
-    if prim == "conv_general_dilated":
-        return [_conv(eqn, ins[0], ins[1])]
-    if prim in _WINDOWED:
-        if any(ins[1:]):
-            raise ReceptiveFieldError(f"`{prim}` with an init value computed from the input.")
-        if any(d != 1 for d in p.get("base_dilation", ())):
-            raise ReceptiveFieldError(f"`{prim}` with base dilation is not supported.")
-        args = (p["window_dimensions"], p["window_strides"], p["padding"], p["window_dilation"])
-        return [_windowed(ins[0], *args)] * len(eqn.outvars)
-    if prim in _REDUCTIONS:
-        axes = p["axes"]
-        return [_reduce(ins[0], axes, shape)] * len(eqn.outvars)
-    if prim == "pad":
-        if ins[1]:
-            raise ReceptiveFieldError("`pad` with a padding value computed from the input.")
-        out = {}
-        for a, ax in ins[0].items():
-            if ax.var_axis is None:
-                out[a] = ax
-                continue
-            lo, _, interior = p["padding_config"][ax.var_axis]
+# One rule per primitive: (eqn, infos of its inputs, shape of its first input) -> the info of
+# its single output. Primitives with several outputs (windowed reductions that return pairs,
+# elementwise ops) repeat it for each.
+
+
+def _rule_windowed(eqn, ins, shape) -> Info:
+    p, prim = eqn.params, eqn.primitive.name
+    if any(ins[1:]):
+        raise ReceptiveFieldError(f"`{prim}` with an init value computed from the input.")
+    if any(d != 1 for d in p.get("base_dilation", ())):
+        raise ReceptiveFieldError(f"`{prim}` with base dilation is not supported.")
+    window = (p["window_dimensions"], p["window_strides"], p["padding"], p["window_dilation"])
+    return _windowed(ins[0], *window)
+
+
+def _rule_pad(eqn, ins, shape) -> Info:
+    if ins[1]:
+        raise ReceptiveFieldError("`pad` with a padding value computed from the input.")
+    out = {}
+    for a, ax in ins[0].items():
+        if ax.var_axis is not None:
+            lo, _, interior = eqn.params["padding_config"][ax.var_axis]
             if interior:
                 raise ReceptiveFieldError("`pad` with interior padding along a spatial axis.")
-            out[a] = ax._replace(padding=ax.padding + lo * ax.stride)
-        return [out]
-    if prim == "slice":
-        strides = p["strides"] or (1,) * len(shape)
-        out = {}
-        for a, ax in ins[0].items():
-            if ax.var_axis is None:
-                out[a] = ax
-                continue
-            start, s = p["start_indices"][ax.var_axis], strides[ax.var_axis]
-            out[a] = ax._replace(stride=ax.stride * s, padding=ax.padding - start * ax.stride)
-        return [out]
-    if prim == "transpose":
-        perm = p["permutation"]
-        return [_relabel(ins[0], shape, {old: new for new, old in enumerate(perm)})]
-    if prim == "broadcast_in_dim":
-        dims = p["broadcast_dimensions"]
-        for ax in ins[0].values():
-            if ax.var_axis is not None and shape[ax.var_axis] != p["shape"][dims[ax.var_axis]]:
-                raise ReceptiveFieldError("`broadcast_in_dim` broadcasts along a spatial axis.")
-        return [_relabel(ins[0], shape, dict(enumerate(dims)))]
-    if prim == "squeeze":
-        dims = set(p["dimensions"])
-        kept = [d for d in range(len(shape)) if d not in dims]
-        return [_relabel(ins[0], shape, {d: kept.index(d) for d in kept})]
-    if prim == "expand_dims":
-        dims = sorted(p["dimensions"])
-        mapping, j = {}, 0
-        for d in range(len(shape)):
-            while j in dims:
-                j += 1
-            mapping[d], j = j, j + 1
-        return [_relabel(ins[0], shape, mapping)]
-    if prim == "reshape":
-        return [_reshape(ins[0], shape, p["new_sizes"])]
-    if prim == "concatenate":
-        dim = p["dimension"]
-        for info in ins:
-            if any(ax.var_axis == dim for ax in info.values()):
-                raise ReceptiveFieldError("`concatenate` along a spatial axis is not supported.")
-        return [_union(ins, prim)]
-    if prim == "dot_general":
-        return [_dot_general(eqn, ins[0], ins[1])]
-    raise ReceptiveFieldError(
-        f"cannot follow the primitive `{prim}` through the receptive-field analysis; "
-        "supported are convolutions, windowed reductions, pads, slices, reshapes that keep "
-        "spatial axes, reductions, dot products and element-wise operations."
-    )
+            ax = ax._replace(padding=ax.padding + lo * ax.stride)
+        out[a] = ax
+    return out
+
+
+def _rule_slice(eqn, ins, shape) -> Info:
+    strides = eqn.params["strides"] or (1,) * len(shape)
+    out = {}
+    for a, ax in ins[0].items():
+        if ax.var_axis is not None:
+            start, s = eqn.params["start_indices"][ax.var_axis], strides[ax.var_axis]
+            ax = ax._replace(stride=ax.stride * s, padding=ax.padding - start * ax.stride)
+        out[a] = ax
+    return out
+
+
+def _rule_broadcast(eqn, ins, shape) -> Info:
+    dims, new_shape = eqn.params["broadcast_dimensions"], eqn.params["shape"]
+    for ax in ins[0].values():
+        if ax.var_axis is not None and shape[ax.var_axis] != new_shape[dims[ax.var_axis]]:
+            raise ReceptiveFieldError("`broadcast_in_dim` broadcasts along a spatial axis.")
+    return _relabel(ins[0], shape, dict(enumerate(dims)))
+
+
+def _rule_squeeze(eqn, ins, shape) -> Info:
+    dims = set(eqn.params["dimensions"])
+    kept = [d for d in range(len(shape)) if d not in dims]
+    return _relabel(ins[0], shape, {d: kept.index(d) for d in kept})
+
+
+def _rule_expand_dims(eqn, ins, shape) -> Info:
+    dims = sorted(eqn.params["dimensions"])
+    mapping, j = {}, 0
+    for d in range(len(shape)):
+        while j in dims:
+            j += 1
+        mapping[d], j = j, j + 1
+    return _relabel(ins[0], shape, mapping)
+
+
+def _rule_concatenate(eqn, ins, shape) -> Info:
+    for info in ins:
+        if any(ax.var_axis == eqn.params["dimension"] for ax in info.values()):
+            raise ReceptiveFieldError("`concatenate` along a spatial axis is not supported.")
+    return _union(ins, "concatenate")
+
+
+_RULES = {
+    **{prim: lambda eqn, ins, shape: _union(ins, eqn.primitive.name) for prim in _ELEMENTWISE},
+    **{prim: _rule_windowed for prim in _WINDOWED},
+    **{
+        prim: lambda eqn, ins, shape: _reduce(ins[0], eqn.params["axes"], shape)
+        for prim in _REDUCTIONS
+    },
+    "conv_general_dilated": lambda eqn, ins, shape: _conv(eqn, ins[0], ins[1]),
+    "dot_general": lambda eqn, ins, shape: _dot_general(eqn, ins[0], ins[1]),
+    "pad": _rule_pad,
+    "slice": _rule_slice,
+    "transpose": lambda eqn, ins, shape: _relabel(
+        ins[0], shape, {old: new for new, old in enumerate(eqn.params["permutation"])}
+    ),
+    "broadcast_in_dim": _rule_broadcast,
+    "squeeze": _rule_squeeze,
+    "expand_dims": _rule_expand_dims,
+    "reshape": lambda eqn, ins, shape: _reshape(ins[0], shape, eqn.params["new_sizes"]),
+    "concatenate": _rule_concatenate,
+}
+
+
+def _propagate(eqn, ins: list[Info]) -> list[Info]:
+    """The infos of ``eqn``'s outputs, by the rule for its primitive."""
+    if not any(ins):
+        return [{} for _ in eqn.outvars]
+    rule = _RULES.get(eqn.primitive.name)
+    if rule is None:
+        raise ReceptiveFieldError(
+            f"cannot follow the primitive `{eqn.primitive.name}` through the receptive-field "
+            "analysis; supported are convolutions, windowed reductions, pads, slices, reshapes "
+            "that keep spatial axes, reductions, dot products and element-wise operations."
+        )
+    shape = eqn.invars[0].aval.shape if eqn.invars else ()
+    return [rule(eqn, ins, shape)] * len(eqn.outvars)
 
 
 def _reshape(info: Info, old, new) -> Info:

@@ -67,7 +67,7 @@ def build_train_step(
     dtype: str,
     width: float,
     image_size: int,
-    conv_backend: str = "xla",
+    backend: str = "xla",
     num_devices: int | None = None,
     path: str = "jit",
 ):
@@ -80,7 +80,7 @@ def build_train_step(
         dict(
             model=model_name,
             width=width,
-            conv_backend=conv_backend,
+            backend=backend,
             compute_dtype=dtype,
             batch_size=batch,
             num_devices=num_devices,

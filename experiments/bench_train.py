@@ -28,7 +28,7 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtyp
 flags.DEFINE_float("width", 1.0, "Width multiplier.")
 flags.DEFINE_integer("image_size", 32, "Input height and width.")
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
-flags.DEFINE_string("conv_backend", "xla", "conv2d backend for every convolution.")
+flags.DEFINE_string("backend", "xla", "Convolution backend of every layer (cnnjax.ops.conv).")
 flags.DEFINE_integer("num_devices", None, "Devices to use (default: all).")
 flags.DEFINE_bool("matmul_rate", False, "Also measure the float32 matmul rate and utilisation.")
 
@@ -42,14 +42,14 @@ def main(argv):
         FLAGS.dtype,
         FLAGS.width,
         FLAGS.image_size,
-        FLAGS.conv_backend,
+        FLAGS.backend,
         FLAGS.num_devices,
     )
     seconds, _ = _bench.time_train_step(engine, state, data, FLAGS.steps)
     img_s = FLAGS.batch / seconds
     line = (
         f"bench_train model={FLAGS.model} width={FLAGS.width} batch={FLAGS.batch} "
-        f"dtype={FLAGS.dtype} backend={FLAGS.conv_backend} devices={engine.num_devices} "
+        f"dtype={FLAGS.dtype} backend={FLAGS.backend} devices={engine.num_devices} "
         f"platform={jax.devices()[0].platform} ms_per_step={1e3 * seconds:.1f} "
         f"img_per_s={img_s:.1f}"
     )

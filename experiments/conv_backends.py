@@ -35,9 +35,10 @@ flags.DEFINE_integer("gemm_max_mb", 768, "Skip gemm where its im2col matrix exce
 flags.DEFINE_string("out_dir", "results/conv_backends", "Where the CSV and PNG go.")
 flags.DEFINE_bool(
     "keep_freed_memory",
-    True,
+    False,
     "Let malloc keep freed memory (cnnjax.parallel.keep_freed_host_memory), so that calls "
-    "do not page-fault their temporaries in again; applies to every backend.",
+    "do not page-fault their temporaries in again; applies to every backend. Process-wide, "
+    "so off unless asked for; the README's table is measured without it.",
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import signal
 
 from cnnjax import ops
-from cnnjax.ops import _args, _fft, _gemm
+from cnnjax.ops import _fft, _gemm, args
 from tests import reference
 
 BACKENDS = ["xla", "fft", "gemm"]
@@ -202,16 +202,17 @@ def test_kernel_spectrum_and_taps_match_numpy_fft():
 def test_im2col_col2im_are_adjoint():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
-    args = ((3, 2), (2, 1), (1, 2))
-    cols = ops.im2col(x, *args)
-    np.testing.assert_array_equal(cols, _gemm.im2col_slices(x, *args))
+    geometry = ((3, 2), (2, 1), (1, 2))
+    cols = ops.im2col(x, *geometry)
+    np.testing.assert_array_equal(cols, _gemm.im2col_slices(x, *geometry))
     pads = ((2, 1), (0, 3))  # padding inside the gather equals gathering from a padded copy
     np.testing.assert_array_equal(
-        ops.im2col(x, *args, pads=pads), ops.im2col(np.pad(x, ((0, 0), *pads, (0, 0))), *args)
+        ops.im2col(x, *geometry, pads=pads),
+        ops.im2col(np.pad(x, ((0, 0), *pads, (0, 0))), *geometry),
     )
     c = rng.standard_normal(cols.shape).astype(np.float32)
     lhs = float(jnp.vdot(cols, c))
-    rhs = float(jnp.vdot(x, ops.col2im(c, x.shape[1:3], *args)))
+    rhs = float(jnp.vdot(x, ops.col2im(c, x.shape[1:3], *geometry)))
     assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
@@ -383,7 +384,7 @@ def test_integer_and_mixed_dtypes_are_rejected():
 
 
 def test_same_padding_rule():
-    assert _args.same_pads((7,), (4,), (2,), (1,)) == ((1, 2),)
+    assert args.same_pads((7,), (4,), (2,), (1,)) == ((1, 2),)
     assert ops.conv_geometry((1, 7, 8, 1), (3, 3, 1, 1), stride=2).out_shape == (1, 4, 4, 1)
 
 

@@ -84,7 +84,7 @@ def test_all_cnn_c_intermediates_have_documented_names_and_shapes():
 def test_conv_backends_agree_on_a_model(name):
     outs = {}
     for backend in ["xla", "gemm", "fft"]:
-        model = models.get_model(name, width=0.25, conv_backend=backend)
+        model = models.get_model(name, width=0.25, backend=backend)
         variables, x = _init(model, (2, 32, 32, 3))
         outs[backend] = model.apply(variables, x)
     scale = float(jnp.max(jnp.abs(outs["xla"])))
@@ -216,3 +216,9 @@ def test_allcnn_activation_override_changes_every_hidden_layer():
     np.testing.assert_allclose(f_gelu["conv1"], jax.nn.gelu(z), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`activation` must be one of"):
         models.get_model("all_cnn_c", activation="tanh").init(jax.random.key(0), x)
+
+
+def test_conv_backend_keyword_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="now spelled `backend`"):
+        model = models.get_model("all_cnn_c", conv_backend="fft")
+    assert model.backend == "fft"

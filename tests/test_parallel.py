@@ -1,7 +1,6 @@
 """Data parallelism: jit over a mesh, pmap and one device agree; batches land on the right
 devices; two real processes on the loopback interface match one process with four devices."""
 
-import ctypes
 import os
 import platform
 import socket
@@ -208,29 +207,56 @@ def test_cpu_compiler_options_keep_convolutions_away_from_ynnpack(digits, monkey
     assert "ynn_fusion" in plain
 
 
-class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
-        "keepcost".split()
-    ]
+# Run in a child process: the setting is process-wide and must not leak into later tests.
+_ALLOCATOR_CHECK = """
+import ctypes
+from cnnjax import parallel
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+
+def heap_growth():
+    before = libc.mallinfo2().fordblks
+    block = libc.malloc(64 << 20)
+    ctypes.memset(block, 1, 64 << 20)
+    libc.free(block)
+    return libc.mallinfo2().fordblks - before
+
+default = heap_growth()
+assert parallel.keep_freed_host_memory() is True
+print(default, heap_growth())
+"""
 
 
-def test_keep_freed_host_memory():
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert parallel.keep_freed_host_memory() is True
-        # A freed 64 MiB block now stays in the heap as free space (fordblks). With glibc's
-        # defaults it is mmapped (above the 32 MiB cap of the dynamic threshold) and unmapped
-        # on free: measured growth 0.
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        libc.free.argtypes = [ctypes.c_void_p]
-        libc.mallinfo2.restype = _MallInfo2
-        before = libc.mallinfo2().fordblks
-        block = libc.malloc(64 << 20)
-        ctypes.memset(block, 1, 64 << 20)
-        libc.free(block)
-        assert libc.mallinfo2().fordblks - before >= 60 << 20  # part may reuse old free space
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's",
+)
+def test_keep_freed_host_memory_in_a_child_process():
+    # With glibc's defaults a freed 64 MiB block is unmapped (it is above the 32 MiB cap of the
+    # dynamic mmap threshold): the free heap does not grow. After the call it stays in the heap
+    # as free space (part of it may reuse old free space).
+    out = subprocess.run(
+        [sys.executable, "-c", _ALLOCATOR_CHECK],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    default, kept = map(int, out.stdout.split()[-2:])
+    assert default < 1 << 20
+    assert kept >= 60 << 20
+
+
+def test_keep_freed_host_memory_rejects_bad_limits():
     for bad in (0, 2**31, 1.5, True):
         with pytest.raises(ValueError, match="limit_bytes"):
             parallel.keep_freed_host_memory(bad)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cnnjax import ops
-from cnnjax.ops import _args
+from cnnjax.ops import args
 from tests import reference
 
 GRID = list(
@@ -21,8 +21,8 @@ GRID = list(
 
 
 def _geometry(shape, window, stride, padding):
-    strides = window if stride is None else _args.as_tuple(stride, 2, "stride")
-    return strides, _args.normalize_padding(padding, shape[1:3], window, strides, (1, 1))
+    strides = window if stride is None else args.as_tuple(stride, 2, "stride")
+    return strides, args.normalize_padding(padding, shape[1:3], window, strides, (1, 1))
 
 
 @pytest.mark.parametrize(("window", "stride", "padding"), GRID, ids=str)

@@ -239,12 +239,47 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
     assert all(changed)
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("learning_rate", -0.01, r"`config.learning_rate` must be greater than 0.0, got -0.01"),
+        ("width", 0.0, r"`config.width` must be greater than 0.0"),
+        ("width", -1.0, r"`config.width` must be greater than 0.0"),
+        ("dropout", 1.5, r"`config.dropout` must be at least 0.0 and below 1.0, got 1.5"),
+        ("label_smoothing", 2.0, r"`config.label_smoothing` must be at least 0.0 and below 1.0"),
+        ("crop_padding", -3, r"`config.crop_padding` must be at least 0, got -3"),
+        ("eval_every_epochs", 0, r"`config.eval_every_epochs` must be at least 1"),
+        ("checkpoint_every_epochs", 0, r"`config.checkpoint_every_epochs` must be at least 1"),
+        ("log_every_steps", 0, r"`config.log_every_steps` must be at least 1"),
+        ("image_size", 3, r"on 3x3 images, the size `image_size` or the dataset gives\): `w` is"),
+        ("model", "resnet", r"`config.model` must be one of all_cnn_a, "),
+        ("activation", "tanh", r"`activation` must be one of \('relu', 'gelu'"),
+        ("downsample", "avg", r"`downsample` must be one of"),
+        ("backend", "cuda", r"`config.backend` must be one of"),
+        ("warmup_epochs", 11.0, r"`config.warmup_epochs` \(11.0\) must not exceed `num_epochs`"),
+    ],
+)
+def test_bad_config_values_are_refused_before_anything_is_loaded(key, value, message, tmp_path):
+    config = quick()
+    config[key] = value
+    with pytest.raises(train.ConfigError, match=message):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")  # refused before the workdir was made
+
+
+def test_a_setting_the_model_does_not_have_is_refused():
+    config = quick(model="nin", input_dropout=0.1)
+    with pytest.raises(train.ConfigError, match=r"`config\.input_dropout` does not apply to"):
+        train.validate_config(config)
+
+
 def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     config = quick()
     with config.unlocked():
         config.learning_rat = 0.1  # a typo
     with pytest.raises(
-        ValueError, match=r"unknown config key\(s\) \['learning_rat'\]; valid keys: .*learning_rate"
+        train.ConfigError,
+        match=r"unknown config key\(s\) \['learning_rat'\]; valid keys: .*learning_rate",
     ):
         train.validate_config(config)
     proc = subprocess.run(
@@ -294,3 +329,16 @@ def test_schedules():
         and float(s(30)) == pytest.approx(0.5)
         and float(s(60)) == pytest.approx(0.0)
     )
+
+
+def test_readme_own_loop_example_runs():
+    # The README's "Your own loop" block, run as written (100 steps cut to 3).
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    section = text[text.index("### Your own loop") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+    assert "train.build_engine" in code and "make_step_fns" in code
+    scope = {}
+    exec(compile(code.replace("range(100)", "range(3)"), "README.md", "exec"), scope)
+    assert int(scope["state"].step) == 1
+    assert np.isfinite(float(scope["metrics"]["loss"]))

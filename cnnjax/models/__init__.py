@@ -5,13 +5,15 @@ Every model takes NHWC images of any size above its minimum and is called as
 ``return_features=True`` it returns ``(logits, features)``, a dict of named intermediate
 activations in computation order. Overrides are the module's attributes: ``width``,
 ``num_classes``, ``dropout``, ``batch_norm``, ``downsample="pool"|"stride"``,
-``conv_backend``, ``dtype``, ``param_dtype`` and per-family ones.
+``backend`` (the convolution backend), ``activation`` (All-CNN family), ``dtype``,
+``param_dtype`` and per-family ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -61,6 +63,13 @@ def _lookup(name: str):
 
 def get_model(name: str, **overrides: Any) -> nn.Module:
     """The registered model ``name`` with attribute ``overrides`` (e.g. ``width=0.5``)."""
+    if "conv_backend" in overrides:
+        warnings.warn(
+            "`conv_backend` is now spelled `backend`, as in cnnjax.ops.conv2d.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        overrides["backend"] = overrides.pop("conv_backend")
     cls, defaults = _lookup(name)
     valid = model_fields(name)
     unknown = sorted(set(overrides) - set(valid))

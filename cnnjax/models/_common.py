@@ -25,7 +25,7 @@ def check_input(x: jnp.ndarray, model: str) -> None:
         raise ValueError(
             f"`x` for {model} must be a batch of images (N, H, W, C), got shape {jnp.shape(x)}."
         )
-    ops._args.check_float(x, "x")
+    ops.args.check_float(x, "x")
 
 
 def check_downsample(value: str) -> None:
@@ -51,7 +51,7 @@ def conv_settings(model) -> dict[str, Any]:
     return dict(
         batch_norm=model.batch_norm,
         bn_axis_name=model.bn_axis_name,
-        backend=model.conv_backend,
+        backend=model.backend,
         dtype=model.dtype,
         param_dtype=model.param_dtype,
     )

@@ -66,7 +66,7 @@ class AllCNN(nn.Module):
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     head_relu: bool = True
     activation: str = "relu"  # any name in cnnjax.models.ACTIVATIONS; the paper uses ReLU
-    conv_backend: str = "xla"
+    backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 

@@ -65,7 +65,7 @@ class SmallInception(nn.Module):
     batch_norm: bool = True
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     downsample: str = "pool"
-    conv_backend: str = "xla"
+    backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -124,7 +124,7 @@ class GoogLeNetSmall(nn.Module):
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     dropout: float = 0.4
     downsample: str = "pool"
-    conv_backend: str = "xla"
+    backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 

@@ -37,7 +37,7 @@ class NiN(nn.Module):
     batch_norm: bool = False
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
     downsample: str = "pool"
-    conv_backend: str = "xla"
+    backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 

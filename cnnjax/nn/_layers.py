@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax import ops
-from cnnjax.ops._args import PaddingLike
+from cnnjax.ops.args import PaddingLike
 
 Initializer = Callable[..., jnp.ndarray]
 # He initialisation: keeps activation variance constant through ReLU layers without BatchNorm.
@@ -22,7 +22,7 @@ class Conv(nn.Module):
     Attributes:
       features: output channels.
       kernel_size: int or (kh, kw).
-      strides, padding, dilation, groups, padding_mode, backend: as in :func:`cnnjax.ops.conv2d`.
+      stride, padding, dilation, groups, padding_mode, backend: as in :func:`cnnjax.ops.conv2d`.
       use_bias: add a learned bias per output channel.
       dtype: computation dtype (e.g. ``jnp.bfloat16``); None computes in the input's dtype.
       param_dtype: dtype of the stored parameters.
@@ -30,7 +30,7 @@ class Conv(nn.Module):
 
     features: int
     kernel_size: int | Sequence[int] = 3
-    strides: int | Sequence[int] = 1
+    stride: int | Sequence[int] = 1
     padding: PaddingLike = "SAME"
     dilation: int | Sequence[int] = 1
     groups: int = 1
@@ -47,7 +47,7 @@ class Conv(nn.Module):
         """(N, H, W, Cin) -> (N, H', W', features)."""
         if jnp.ndim(x) != 4:
             raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
-        kh, kw = ops._args.as_tuple(self.kernel_size, 2, "kernel_size")
+        kh, kw = ops.args.as_tuple(self.kernel_size, 2, "kernel_size")
         cin = x.shape[-1]
         if cin % self.groups:
             raise ValueError(f"`groups`={self.groups} must divide the input channels ({cin}).")
@@ -61,7 +61,7 @@ class Conv(nn.Module):
         y = ops.conv2d(
             x.astype(dtype),
             kernel.astype(dtype),
-            stride=self.strides,
+            stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
             groups=self.groups,
@@ -114,7 +114,7 @@ class ConvBNAct(nn.Module):
 
     features: int
     kernel_size: int | Sequence[int] = 3
-    strides: int | Sequence[int] = 1
+    stride: int | Sequence[int] = 1
     padding: PaddingLike = "SAME"
     batch_norm: bool = False
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
@@ -128,7 +128,7 @@ class ConvBNAct(nn.Module):
         x = Conv(
             self.features,
             self.kernel_size,
-            self.strides,
+            self.stride,
             self.padding,
             use_bias=not self.batch_norm,
             backend=self.backend,

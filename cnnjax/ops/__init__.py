@@ -4,17 +4,12 @@ Activations are channels-last (N, *spatial, C); kernels are (*spatial, Cin // gr
 Nothing here knows about Flax.
 """
 
+from cnnjax.ops import args
 from cnnjax.ops._gemm import col2im, im2col
+from cnnjax.ops.args import ConvGeometry, conv_geometry
 from cnnjax.ops.bias import add_bias
-from cnnjax.ops.conv import (
-    BACKENDS,
-    ConvGeometry,
-    conv,
-    conv2d,
-    conv_cost,
-    conv_geometry,
-    select_backend,
-)
+from cnnjax.ops.conv import BACKENDS, conv, conv2d
+from cnnjax.ops.cost import conv_cost, select_backend
 from cnnjax.ops.dense import dense_to_conv
 from cnnjax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
 from cnnjax.ops.signal import convolve2d, correlate2d
@@ -23,6 +18,7 @@ __all__ = [
     "BACKENDS",
     "ConvGeometry",
     "add_bias",
+    "args",
     "avg_pool",
     "col2im",
     "conv",

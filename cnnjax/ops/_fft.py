@@ -13,24 +13,18 @@ output gradient placed at the positions the forward pass kept (every ``stride``-
 * kernel gradient: the circular correlation of the padded input with ``G``,
   ``F⁻¹(F(x) · conj(F(G)))``, evaluated at the kernel's taps only (:func:`kernel_taps`).
 
-Choices that keep it fast on CPUs (measured on 2 cores, 8x64x64, 16->16, 15x15 kernel):
+Choices that keep it fast on CPUs (each measured in ``experiments/perf_notes.md``):
 
-* transforms run channels-first, over the trailing axes, which is the layout XLA's FFT wants
-  (transforming axes (1, 2) of NHWC data costs two extra transposes per call);
+* transforms run channels-first, over the trailing axes, the layout XLA's FFT wants;
 * ``L`` is rounded up to a 7-smooth length (no prime factor above 7), which XLA's FFT
-  transforms with its fast radices; per point, lengths 64-96 then cost about the same, so
-  rounding further (to 2^a·3^b, say) only adds points (82 -> 96 cost 1.3-1.4x the time of 84);
+  transforms with its fast radices, without adding points that a coarser rounding would;
 * the kernel's spectrum is one small matrix product per axis with the DFT matrix's columns at
   the kernel's taps (:func:`kernel_spectrum`), not an ``rfftn`` of the zero-padded, dilated
   kernel, and the kernel gradient is the transposed products, which return only the taps
-  where an inverse FFT would compute all L positions and crop (forward + backward 38.8 ->
-  30.1 ms, medians);
+  where an inverse FFT would compute all L positions and crop;
 * the hand-written backward transforms ``G`` once and folds the inverse transform's scale and
-  Hermitian weights into the small kernel-side matrices. Autodiff of the forward pass instead
-  multiplies ``F(G)`` by them elementwise, and XLA fuses that multiply into both channel
-  contractions, redoing it once per channel. With the kernel gradient contracting the last,
-  frequency-minor, axis first (a leading axis first made XLA write a reduction transposed),
-  30.1 -> 24.4 ms.
+  Hermitian weights into the small kernel-side matrices, where autodiff would multiply
+  ``F(G)`` by them inside both channel contractions, once per channel.
 
 Channels are contracted in the frequency domain, one complex multiply-add per
 (frequency, Cin, Cout). Forward-mode differentiation (``jax.jvp``) is not defined for this
@@ -47,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnnjax.ops import _args
+from cnnjax.ops import args
 
 
 @functools.cache
@@ -144,8 +138,7 @@ def fft_conv(x, w, pads, stride, dilation, groups):
         kernel=tuple(kernel),
         lengths=tuple(fast_length(p) for p in padded),
         out=tuple(
-            _args.out_size(*axis)
-            for axis in zip(sizes, kernel, stride, dilation, pads, strict=True)
+            args.out_size(*axis) for axis in zip(sizes, kernel, stride, dilation, pads, strict=True)
         ),
     )
     y = _fft_conv(x.astype(jnp.float32), w.astype(jnp.float32), plan)

@@ -21,10 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnjax.ops import args
+
 
 def _out_sizes(sizes, kernel, stride, dilation):
+    """Output lengths of a VALID window over ``sizes`` (padding is applied before)."""
     return tuple(
-        (n - (k - 1) * d - 1) // s + 1
+        args.out_size(n, k, s, d, (0, 0))
         for n, k, s, d in zip(sizes, kernel, stride, dilation, strict=True)
     )
 
@@ -38,11 +41,10 @@ def im2col(x, kernel, stride, dilation, pads=None):
 
     One gather with constant indices ``o·stride + k·dilation - lo`` per axis. ``pads``: zero
     padding ((lo, hi), ...) per spatial axis, applied inside the gather: indices outside the
-    input are clamped and their values replaced by zeros. (Padding ``x`` first and gathering
-    from the copy measured 1.3 ms alone but 9 ms inside the gemm backward pass, for
-    8x64x64x16 and 3x3.) XLA:CPU emits the gather as a plain copy loop; stacking the ∏K
-    strided slices instead measured 2-9x slower, because XLA:CPU's concatenate writes the
-    interleaved (∏K, C) rows slowly.
+    input are clamped and their values replaced by zeros (padding a copy first made XLA fuse
+    the pad into a slow gather inside the backward pass). XLA:CPU emits the gather as a plain
+    copy loop; stacking the ∏K strided slices is slower, because XLA:CPU's concatenate writes
+    the interleaved (∏K, C) rows slowly (``experiments/perf_notes.md``).
     """
     nd = x.ndim - 2
     n, sizes, c = x.shape[0], x.shape[1:-1], x.shape[-1]
@@ -51,7 +53,7 @@ def im2col(x, kernel, stride, dilation, pads=None):
     out = _out_sizes(padded, kernel, stride, dilation)
     # Index arrays broadcast to (N, *O, *K): axis a's is (1,..,O_a,..,1, 1,..,K_a,..,1). The
     # batch axis is indexed too, so the gather writes rows in their final order (slicing it
-    # would make XLA gather batch-minor and transpose afterwards, 10x slower).
+    # would make XLA gather batch-minor and transpose afterwards).
     index = [np.arange(n).reshape([n] + [1] * (2 * nd))]
     inside = np.ones([1] * (2 * nd + 1), bool)
     for a, (o, k, st, d, (lo, _), s) in enumerate(

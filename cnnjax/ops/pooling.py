@@ -14,22 +14,22 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.ops import _args
-from cnnjax.ops._args import PaddingLike
+from cnnjax.ops import args
+from cnnjax.ops.args import PaddingLike
 
 
 def _window_args(x, window, stride, padding, name="window"):
-    _args.check_float(x, "x")
+    args.check_float(x, "x")
     if jnp.ndim(x) < 3:
         raise ValueError(
             f"`x` must have rank >= 3 (N, *spatial, C), e.g. NHWC, got shape {jnp.shape(x)}."
         )
     nd = jnp.ndim(x) - 2
-    win = _args.as_tuple(window, nd, name)
-    strides = win if stride is None else _args.as_tuple(stride, nd, "stride")
+    win = args.as_tuple(window, nd, name)
+    strides = win if stride is None else args.as_tuple(stride, nd, "stride")
     ones = (1,) * nd
-    pads = _args.normalize_padding(padding, x.shape[1:-1], win, strides, ones)
-    _args.check_window_fits(x.shape[1:-1], win, ones, pads, "pooling window", name)
+    pads = args.normalize_padding(padding, x.shape[1:-1], win, strides, ones)
+    args.check_window_fits(x.shape[1:-1], win, ones, pads, "pooling window", name)
     full = lambda t, fill: (fill, *t, fill)
     return full(win, 1), full(strides, 1), ((0, 0), *pads, (0, 0))
 
@@ -91,7 +91,7 @@ def lp_pool(
 
 
 def _check_global(x):
-    _args.check_float(x, "x")
+    args.check_float(x, "x")
     if jnp.ndim(x) < 3:
         raise ValueError(
             f"`x` must have rank >= 3 (N, *spatial, C), e.g. NHWC, got shape {jnp.shape(x)}."

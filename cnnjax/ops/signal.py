@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cnnjax.ops import _args
+from cnnjax.ops import args
 from cnnjax.ops.conv import conv2d
 
 MODES = ("full", "same", "valid")
@@ -44,8 +44,8 @@ def _pads(kernel, mode: str, flipped: bool):
 
 def _as_nhwc(x, k):
     """Brings ``x`` to NHWC and ``k`` to an HWIO kernel (plus groups); returns an un-batcher."""
-    _args.check_float(x, "x")
-    _args.check_float(k, "k")
+    args.check_float(x, "x")
+    args.check_float(k, "k")
     kr = jnp.ndim(k)
     xr = jnp.ndim(x)
     if kr not in (2, 4):

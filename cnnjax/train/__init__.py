@@ -6,9 +6,9 @@ with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compile
 """
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
-from cnnjax.train.build import build_engine, build_model, load_data
+from cnnjax.train.build import build_engine, load_data
 from cnnjax.train.checkpoint import Checkpoints
-from cnnjax.train.config import default_config, validate_config
+from cnnjax.train.config import build_model, check_model_config, default_config, validate_config
 from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine
 from cnnjax.train.loop import train_and_evaluate
 from cnnjax.train.metrics import MetricWriter, read_metrics
@@ -48,6 +48,7 @@ __all__ = [
     "batch_share",
     "build_engine",
     "build_model",
+    "check_model_config",
     "default_config",
     "eval_step",
     "evaluate",

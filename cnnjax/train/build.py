@@ -6,33 +6,15 @@ readers of finished runs and the benchmark programs all call it.
 
 from __future__ import annotations
 
-from typing import Any
-
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cnnjax import models, parallel
+from cnnjax import parallel
 from cnnjax.data import Dataset, Normalization, load_dataset, preprocess
 from cnnjax.errors import ConfigError
+from cnnjax.train.config import build_model, check_model_config
 from cnnjax.train.engine import Engine, mesh_engine
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.step import StepConfig, make_step_fns
-
-# Config fields passed to the model when set (None keeps the model's own default).
-_MODEL_OVERRIDES = ("batch_norm", "dropout", "input_dropout", "downsample", "activation")
-
-
-def build_model(config, num_classes: int):
-    """The configured registry model, with the overrides the config sets."""
-    overrides: dict[str, Any] = dict(
-        num_classes=num_classes, width=config.width, conv_backend=config.conv_backend
-    )
-    if config.compute_dtype == "bfloat16":
-        overrides["dtype"] = jnp.bfloat16
-    for key in _MODEL_OVERRIDES:
-        if config[key] is not None:
-            overrides[key] = config[key]
-    return models.get_model(config.model, **overrides)
 
 
 def load_data(config) -> tuple[Dataset, Normalization]:
@@ -67,6 +49,8 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
         crop_padding=config.crop_padding,
         flip=config.flip,
     )
+    if config.image_size is None:  # validate_config checked the size it asks for
+        check_model_config(config, min(dataset.image_shape[:2]))
     tx, schedule = make_optimizer(config, cfg.steps_per_epoch)
     model = build_model(config, dataset.num_classes)
     fns = make_step_fns(model, tx, schedule, cfg, dataset.image_shape)

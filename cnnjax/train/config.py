@@ -6,8 +6,16 @@ listed here is rejected with the list of valid keys.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
+
+from cnnjax import models
+from cnnjax.errors import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -20,7 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.input_dropout = config_dict.placeholder(float)  # All-CNN: dropout on the input images
     c.downsample = config_dict.placeholder(str)
     c.activation = config_dict.placeholder(str)  # e.g. "gelu" (All-CNN family; default ReLU)
-    c.conv_backend = "xla"
+    c.backend = "xla"  # convolution backend of every layer: see cnnjax.ops.conv
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters
     # Data.
     c.dataset = "digits"  # "digits", "imagefolder" (root in data_dir) or a TFDS name
@@ -58,24 +66,118 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("piecewise", "cosine", "constant"),
+    "compute_dtype": ("float32", "bfloat16"),
+    "parallel": ("jit", "pmap"),
+    "preprocess": ("standardize", "gcn_zca", "none"),
+    "backend": ("xla", "fft", "gemm", "winograd", "auto"),
+}
+# (lowest, highest, whether the lowest itself is allowed); None fields are skipped.
+_RANGES = {
+    "width": (0.0, math.inf, False),
+    "dropout": (0.0, 1.0, True),
+    "input_dropout": (0.0, 1.0, True),
+    "image_size": (1, math.inf, True),
+    "val_fraction": (0.0, 1.0, False),
+    "crop_padding": (0, math.inf, True),
+    "batch_size": (1, math.inf, True),
+    "num_epochs": (1, math.inf, True),
+    "learning_rate": (0.0, math.inf, False),
+    "momentum": (0.0, 1.0, True),
+    "weight_decay": (0.0, math.inf, True),
+    "decay_factor": (0.0, math.inf, False),
+    "warmup_epochs": (0.0, math.inf, True),
+    "label_smoothing": (0.0, 1.0, True),
+    "grad_clip_norm": (0.0, math.inf, False),
+    "seed": (0, math.inf, True),
+    "num_devices": (1, math.inf, True),
+    "eval_every_epochs": (1, math.inf, True),
+    "eval_batch_size": (1, math.inf, True),
+    "checkpoint_every_epochs": (1, math.inf, True),
+    "keep_checkpoints": (1, math.inf, True),
+    "log_every_steps": (1, math.inf, True),
+}
+
+
+def _check_range(key: str, value) -> None:
+    low, high, low_ok = _RANGES[key]
+    inside = (value >= low if low_ok else value > low) and value < high
+    if not inside:
+        lower = f"at least {low}" if low_ok else f"greater than {low}"
+        upper = "" if high == math.inf else f" and below {high}"
+        raise ConfigError(f"`config.{key}` must be {lower}{upper}, got {value!r}.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming unknown keys and listing the valid ones."""
+    """Checks every field before anything is loaded or compiled.
+
+    Raises:
+      ConfigError: naming the field and what it accepts (unknown keys list the valid ones).
+    """
     valid = set(default_config().keys())
     unknown = sorted(set(config.keys()) - valid)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(valid))}."
         )
-    choices = {
-        "optimizer": ("sgd", "adamw"),
-        "schedule": ("piecewise", "cosine", "constant"),
-        "compute_dtype": ("float32", "bfloat16"),
-        "parallel": ("jit", "pmap"),
-        "preprocess": ("standardize", "gcn_zca", "none"),
-    }
-    for key, allowed in choices.items():
+    for key, allowed in _CHOICES.items():
         if config[key] not in allowed:
-            raise ValueError(f"`config.{key}` must be one of {allowed}, got {config[key]!r}.")
-    for key in ("batch_size", "num_epochs", "eval_batch_size", "keep_checkpoints"):
-        if config[key] < 1:
-            raise ValueError(f"`config.{key}` must be at least 1, got {config[key]}.")
+            raise ConfigError(f"`config.{key}` must be one of {allowed}, got {config[key]!r}.")
+    for key in _RANGES:
+        if config[key] is not None:
+            _check_range(key, config[key])
+    if config.warmup_epochs > config.num_epochs:
+        raise ConfigError(
+            f"`config.warmup_epochs` ({config.warmup_epochs}) must not exceed `num_epochs` "
+            f"({config.num_epochs})."
+        )
+    if any(e < 0 for e in config.decay_epochs):
+        raise ConfigError(
+            f"`config.decay_epochs` must be non-negative epochs, got {config.decay_epochs}."
+        )
+    check_model_config(config, config.image_size or 32)
+
+
+def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:
+    """Builds the configured model and traces it on one ``image_size`` image (no compilation),
+    so that a model setting it cannot use fails now, naming the setting."""
+    if config.model not in models.list_models():
+        raise ConfigError(
+            f"`config.model` must be one of {', '.join(models.list_models())}; "
+            f"got {config.model!r}."
+        )
+    fields = models.model_fields(config.model)
+    for key in _MODEL_OVERRIDES:
+        if config[key] is not None and key not in fields:
+            raise ConfigError(
+                f"`config.{key}` does not apply to model {config.model!r}; leave it unset "
+                f"(the model's settings: {', '.join(fields)})."
+            )
+    model = build_model(config, num_classes=10)
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    try:
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    except ValueError as err:
+        raise ConfigError(
+            f"model {config.model!r} cannot be built from this config (traced on "
+            f"{image_size}x{image_size} images, the size `image_size` or the dataset gives): {err}"
+        ) from None
+
+
+# Config fields passed to the model when set (None keeps the model's own default).
+_MODEL_OVERRIDES = ("batch_norm", "dropout", "input_dropout", "downsample", "activation")
+
+
+def build_model(config, num_classes: int):
+    """The configured registry model, with the overrides the config sets."""
+    overrides: dict[str, Any] = dict(
+        num_classes=num_classes, width=config.width, backend=config.backend
+    )
+    if config.compute_dtype == "bfloat16":
+        overrides["dtype"] = jnp.bfloat16
+    for key in _MODEL_OVERRIDES:
+        if config[key] is not None:
+            overrides[key] = config[key]
+    return models.get_model(config.model, **overrides)

@@ -1,4 +1,4 @@
-"""Argument normalisation and validation shared by the convolution and pooling front doors.
+"""Argument normalisation and validation shared by the front doors of ops, nn and models.
 
 Every check raises ``ValueError`` or ``TypeError`` with a sentence that names the argument
 and says what was expected, so users never see an XLA stack trace for a shape mistake.
@@ -7,6 +7,7 @@ and says what was expected, so users never see an XLA stack trace for a shape mi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +137,74 @@ def pad_input(x: jnp.ndarray, pads: Pads, mode: str) -> jnp.ndarray:
                 f"spatial axis {axis} ({n} pixels), got ({lo}, {hi})."
             )
     return jnp.pad(x, widths, mode="wrap")
+
+
+class ConvGeometry(NamedTuple):
+    """A validated convolution problem: every argument in its explicit, per-axis form."""
+
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        nd = len(self.x_shape) - 2
+        spatial = [
+            out_size(n, k, s, d, p)
+            for n, k, s, d, p in zip(
+                self.x_shape[1:-1],
+                self.w_shape[:nd],
+                self.stride,
+                self.dilation,
+                self.pads,
+                strict=True,
+            )
+        ]
+        return (self.x_shape[0], *spatial, self.w_shape[-1])
+
+
+def conv_geometry(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    nd: int | None = None,
+) -> ConvGeometry:
+    """Validates shapes and arguments and returns their explicit form; raises on bad input."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if nd is None:
+        nd = len(x_shape) - 2
+        if nd < 1:
+            raise ValueError(f"`x` must have rank >= 3 (N, *spatial, C), got shape {x_shape}.")
+    layout = {1: "NWC", 2: "NHWC", 3: "NDHWC"}.get(nd, f"N, {nd} spatial dims, C")
+    klayout = {1: "WIO", 2: "HWIO", 3: "DHWIO"}.get(nd, f"{nd} spatial dims, I, O")
+    if len(x_shape) != nd + 2:
+        raise ValueError(f"`x` must have rank {nd + 2} ({layout}), got shape {x_shape}.")
+    if len(w_shape) != nd + 2:
+        raise ValueError(f"`w` must have rank {nd + 2} ({klayout}), got shape {w_shape}.")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"`groups` must be a positive int, got {groups!r}.")
+    cin, cin_g, cout = x_shape[-1], w_shape[-2], w_shape[-1]
+    if cin % groups:
+        raise ValueError(f"`groups`={groups} must divide the input channels of `x` ({cin}).")
+    if cout % groups:
+        raise ValueError(f"`groups`={groups} must divide the output channels of `w` ({cout}).")
+    if cin_g * groups != cin:
+        raise ValueError(
+            f"channel mismatch: `x` has {cin} input channels but `w` expects "
+            f"{cin_g} x groups({groups}) = {cin_g * groups} (kernel in-channels x groups)."
+        )
+    if any(k < 1 for k in w_shape[:nd]) or min(x_shape) < 1:
+        raise ValueError(f"empty input or kernel: `x` {x_shape}, `w` {w_shape}.")
+    stride_t = as_tuple(stride, nd, "stride")
+    dilation_t = as_tuple(dilation, nd, "dilation")
+    kernel = w_shape[:nd]
+    pads = normalize_padding(padding, x_shape[1:-1], kernel, stride_t, dilation_t)
+    check_window_fits(x_shape[1:-1], kernel, dilation_t, pads, "dilated kernel", "w")
+    return ConvGeometry(x_shape, w_shape, pads, stride_t, dilation_t, groups)

@@ -1,0 +1,81 @@
+"""The ``xla`` backend: ``lax.conv_general_dilated``, with a CPU input gradient for strided
+layers written as matrix products (why: ``experiments/perf_notes.md``)."""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from cnnjax.ops._gemm import im2col_slices
+
+_XLA_SPECS = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+def _lax_conv(x, w, pads, stride, dilation, groups):
+    nd = x.ndim - 2
+    if nd not in _XLA_SPECS:
+        raise ValueError(f"the 'xla' backend supports 1 to 3 spatial dims, got {nd}.")
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=stride,
+        padding=pads,
+        rhs_dilation=dilation,
+        dimension_numbers=_XLA_SPECS[nd],
+        feature_group_count=groups,
+    )
+
+
+def xla_conv(x, w, pads, stride, dilation, groups):
+    """``lax.conv_general_dilated`` on channels-last input with explicit zero ``pads``.
+
+    Float32 strided convolutions (groups 1) get their input gradient on CPUs as the gemm
+    backend's ``col2im(E · Wᵀ)``, the transpose of a JVP rule built on ``im2col_slices`` (so
+    forward-mode differentiation still works): XLA:CPU computes that gradient as a convolution
+    over the output gradient dilated with zeros, stride^2 times the work. Other platforms keep
+    XLA's gradient, and so does bfloat16, for which the rule was not measured.
+    """
+    if groups == 1 and any(s > 1 for s in stride) and x.dtype == jnp.float32:
+        return _strided_conv(x, w, tuple(pads), tuple(stride), tuple(dilation))
+    return _lax_conv(x, w, pads, stride, dilation, groups)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, w, pads, stride, dilation):
+    return _lax_conv(x, w, pads, stride, dilation, 1)
+
+
+def _strided_jvp(pads, stride, dilation, primals, tangents):
+    # A JVP rule (not a VJP) keeps forward-mode (jax.jvp, jax.hessian) working. Reverse mode
+    # transposes the tangent map: the kernel part into XLA's kernel gradient, the input part,
+    # on CPUs an im2col product of stacked slices, into col2im(E · Wᵀ), a sum of pads. A
+    # tangent that is symbolically zero (e.g. the input images) contributes no work at all.
+    x, w = primals
+    x_dot, w_dot = tangents
+    conv = functools.partial(_lax_conv, pads=pads, stride=stride, dilation=dilation, groups=1)
+
+    def im2col_product(x_dot, w):
+        xp = jnp.pad(x_dot, [(0, 0), *pads, (0, 0)])
+        cols = im2col_slices(xp, w.shape[:-2], stride, dilation)  # (N, *O, ∏K, Cin)
+        out = cols.shape[:-2]  # (N, *O)
+        y = cols.reshape(-1, cols.shape[-2] * cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
+        return y.reshape(*out, w.shape[-1])
+
+    parts = []  # one term per tangent that is not symbolically zero
+    if not isinstance(x_dot, SymbolicZero):
+        parts.append(lax.platform_dependent(x_dot, w, cpu=im2col_product, default=conv))
+    if not isinstance(w_dot, SymbolicZero):
+        parts.append(conv(x, w_dot))
+    return conv(x, w), functools.reduce(operator.add, parts)
+
+
+_strided_conv.defjvp(_strided_jvp, symbolic_zeros=True)
