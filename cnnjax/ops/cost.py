@@ -15,11 +15,11 @@ from cnnjax.ops.args import ConvGeometry, conv_geometry
 # contraction one complex multiply-add per (frequency, Cin, Cout); both run at a lower flop
 # rate than the blocked direct convolution, which FFT_PENALTY accounts for. The kernel's
 # spectrum is one small complex matrix product per axis (4 real multiply-adds per complex one).
-# FFT_PENALTY was fitted to experiments/conv_backends.py on a 2-core x86 CPU (8x64x64, 16->16,
-# forward + backward): the measured crossover lies between k=7 (FFT 1.07x slower) and k=9 (FFT
-# 2.4x faster); the switch falls between them for penalties from 9.8 to 14.9, and 12 is
-# halfway (geometrically).
-FFT_PENALTY = 12.0
+# FFT_PENALTY is fitted to `python -m experiments.conv_backends` (8x64x64, 16->16, forward +
+# backward, default allocator) on the 2-core development CPU: the measured crossover lies
+# between k=5 and k=7, and the model switches there for penalties from 4.9 to 9.8; 7 is halfway
+# (geometrically). The fit and its history are in experiments/perf_notes.md.
+FFT_PENALTY = 7.0
 
 
 def conv_cost(geom: ConvGeometry) -> dict[str, float]:
