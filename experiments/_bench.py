@@ -76,22 +76,15 @@ def build_train_step(
     its initial state and the dataset on the devices. SGD with momentum at a constant rate;
     dropout, augmentation and weight decay off."""
     config = default_config()
-    config.update(
-        dict(
-            model=model_name,
-            width=width,
-            backend=backend,
-            compute_dtype=dtype,
-            batch_size=batch,
-            num_devices=num_devices,
-            parallel=path,
-            learning_rate=0.01,
-            weight_decay=0.0,
-            schedule="constant",
-            crop_padding=0,
-            flip=False,
-        )
+    config.model, config.width, config.backend, config.compute_dtype = (
+        model_name,
+        width,
+        backend,
+        dtype,
     )
+    config.batch_size, config.num_devices, config.parallel = batch, num_devices, path
+    config.learning_rate, config.weight_decay, config.schedule = 0.01, 0.0, "constant"
+    config.crop_padding, config.flip = 0, False
     fields = models.model_fields(model_name)
     for key in ("dropout", "input_dropout"):
         if key in fields:
