@@ -16,6 +16,7 @@ from cnnjax.data.preprocess import (
     Normalization,
     fit_zca,
     global_contrast_normalize,
+    patch_whitening,
     preprocess,
 )
 from cnnjax.data.sources import load_dataset, load_image_folder, load_tfds
@@ -38,5 +39,6 @@ __all__ = [
     "load_image_folder",
     "load_tfds",
     "normalize",
+    "patch_whitening",
     "preprocess",
 ]

@@ -42,6 +42,34 @@ def fit_zca(x: np.ndarray, eps: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     return mean, w
 
 
+def patch_whitening(images: np.ndarray, kernel_size: int | tuple[int, int], eps: float = 5e-4):
+    """A convolution kernel that whitens image patches: the first layer of airbench.
+
+    ``images`` (N, H, W, C), already normalised as the network will see them. The (uncentred)
+    covariance of every ``kh × kw × C`` patch is diagonalised, Σ = V Λ Vᵀ; each eigenvector,
+    scaled by 1/sqrt(λ + ``eps``), becomes a filter, once as is and once negated (so a ReLU-like
+    activation after it keeps both signs): the kernel (kh, kw, C, 2·kh·kw·C) has filters
+    ``[v₁ … v_D, −v₁ … −v_D]`` in order of decreasing eigenvalue. The same idea as
+    :func:`fit_zca` applied to patches instead of whole images, and as a layer instead of a
+    preprocessing pass. Computed in float64; each eigenvector's sign is fixed (its largest
+    entry positive) so that the kernel is the same on every machine.
+    """
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or x.shape[1] < kh or x.shape[2] < kw:
+        raise ValueError(
+            f"`images` must be (N, H, W, C) with H >= {kh} and W >= {kw}, got {x.shape}."
+        )
+    _, h, w, c = x.shape
+    taps = [x[:, i : h - kh + 1 + i, j : w - kw + 1 + j] for i in range(kh) for j in range(kw)]
+    patches = np.stack(taps, axis=3).reshape(-1, kh * kw * c)  # rows ordered (kh, kw, C)
+    lam, vecs = np.linalg.eigh(patches.T @ patches / len(patches))
+    lam, vecs = lam[::-1], vecs[:, ::-1]  # decreasing eigenvalue
+    vecs = vecs * np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(vecs.shape[1])])
+    filters = (vecs / np.sqrt(np.maximum(lam, 0.0) + eps)).reshape(kh, kw, c, -1)
+    return np.concatenate([filters, -filters], axis=-1).astype(np.float32)
+
+
 def preprocess(dataset: Dataset, method: str = "standardize") -> tuple[Dataset, Normalization]:
     """Fits ``method`` on the training split and returns the data plus what the device applies.
 

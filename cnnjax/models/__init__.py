@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models._common import ACTIVATIONS
+from cnnjax.models.airbench import AirBench94
 from cnnjax.models.allcnn import AllCNN
 from cnnjax.models.inception import GoogLeNetSmall, SmallInception
 from cnnjax.models.nin import NiN
@@ -38,6 +39,7 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     for variant, (extra, down) in _VARIANTS.items()
 }
 _REGISTRY.update(
+    airbench94=(AirBench94, {}),
     nin=(NiN, {}),
     small_inception=(SmallInception, {}),
     googlenet_small=(GoogLeNetSmall, {}),
@@ -98,6 +100,7 @@ def count_flops(model: nn.Module, image_shape=(32, 32, 3)) -> float:
 
 __all__ = [
     "ACTIVATIONS",
+    "AirBench94",
     "AllCNN",
     "GoogLeNetSmall",
     "NiN",

@@ -1,6 +1,16 @@
 """Flax Linen modules. They create parameters and call :mod:`cnnjax.ops`; nothing more."""
 
+from cnnjax.nn import initializers
 from cnnjax.nn._inception import Inception
 from cnnjax.nn._layers import AvgPool, Conv, ConvBNAct, GlobalAvgPool, MaxPool, he_normal
 
-__all__ = ["AvgPool", "Conv", "ConvBNAct", "GlobalAvgPool", "Inception", "MaxPool", "he_normal"]
+__all__ = [
+    "AvgPool",
+    "Conv",
+    "ConvBNAct",
+    "GlobalAvgPool",
+    "Inception",
+    "MaxPool",
+    "he_normal",
+    "initializers",
+]
