@@ -87,6 +87,7 @@ _ELEMENTWISE = {
     "div",
     "eq",
     "erf",
+    "erfc",
     "erf_inv",
     "exp",
     "exp2",

@@ -70,12 +70,17 @@ def build_train_step(
     backend: str = "xla",
     num_devices: int | None = None,
     path: str = "jit",
+    base=None,
+    downsample: str | None = None,
 ):
     """The engine of a training run (``path`` "jit" or "pmap") on a random dataset of 4
     batches, built by :func:`cnnjax.train.build_engine` like every run; returns the engine,
-    its initial state and the dataset on the devices. SGD with momentum at a constant rate;
-    dropout, augmentation and weight decay off."""
-    config = default_config()
+    its initial state and the dataset on the devices. ``base``: the config to start from (a
+    model's recipe; default: SGD with momentum at a constant rate, no weight decay). Dropout,
+    augmentation and weight averaging off, as in the PyTorch benchmarks."""
+    config = base.copy_and_resolve_references() if base is not None else default_config()
+    if base is None:
+        config.learning_rate, config.weight_decay, config.schedule = 0.01, 0.0, "constant"
     config.model, config.width, config.backend, config.compute_dtype = (
         model_name,
         width,
@@ -83,8 +88,9 @@ def build_train_step(
         dtype,
     )
     config.batch_size, config.num_devices, config.parallel = batch, num_devices, path
-    config.learning_rate, config.weight_decay, config.schedule = 0.01, 0.0, "constant"
-    config.crop_padding, config.flip = 0, False
+    config.crop_padding, config.flip, config.lookahead_every = 0, False, 0
+    if downsample is not None:
+        config.downsample = downsample
     fields = models.model_fields(model_name)
     for key in ("dropout", "input_dropout"):
         if key in fields:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -14,9 +15,26 @@ def quiet_unless_verbose() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def _config_path(arg: str) -> str:
+    """``--config=airbench`` or ``--config=airbench.py:quick`` names a file of
+    ``experiments/configs`` from any directory; an existing path is left alone."""
+    flag, _, value = arg.partition("=")
+    path, colon, variant = value.partition(":")
+    if os.path.exists(path):
+        return arg
+    name = path if path.endswith(".py") else f"{path}.py"
+    candidate = os.path.join(CONFIGS, os.path.basename(name))
+    return f"{flag}={candidate}{colon}{variant}" if os.path.exists(candidate) else arg
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns an unknown ``--config.<key>`` into a one-line error listing
-    the valid keys (ml_collections raises a chain of KeyError/AttributeError otherwise)."""
+    """absl flag parsing with one-line errors: an unknown ``--config.<key>`` lists the valid
+    keys (ml_collections raises a chain of KeyError/AttributeError otherwise), and a config
+    file that is missing or rejects its argument (``:qiuck``) says so."""
+    argv = [_config_path(a) if a.startswith("--config=") else a for a in argv]
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as err:
@@ -30,4 +48,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         valid = ", ".join(sorted(default_config().keys()))
         sys.exit(f"error: unknown config key {key!r}{hint}; valid keys: {valid}.")
     except flags.Error as err:
+        # A config file that raises is reported by ml_collections with its whole traceback
+        # inside the message; its last line is the one that says what is wrong.
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):
+            sys.exit(f"error: --config: {lines[-1].split(': ', 1)[-1]}")
         sys.exit(f"error: {err}")
+    except (ValueError, OSError) as err:  # from loading the config file
+        sys.exit(f"error: --config: {err}")

@@ -20,6 +20,7 @@ from absl import app, flags
 from cnnjax import models
 from experiments import _bench
 from experiments._cli import quiet_unless_verbose
+from experiments.configs import airbench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "all_cnn_c", "Registered model name.")
@@ -30,12 +31,16 @@ flags.DEFINE_integer("image_size", 32, "Input height and width.")
 flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_string("backend", "xla", "Convolution backend of every layer (cnnjax.ops.conv).")
 flags.DEFINE_integer("num_devices", None, "Devices to use (default: all).")
+flags.DEFINE_string("downsample", None, "The model's downsampling (e.g. stride), if it has one.")
 flags.DEFINE_bool("matmul_rate", False, "Also measure the float32 matmul rate and utilisation.")
 
 
 def main(argv):
     del argv
     quiet_unless_verbose()
+    # airbench94 is benchmarked with its own recipe's optimiser: frozen whitening kernel,
+    # Nesterov SGD with parameter groups, as ../shared/bench/torch_airbench94.py --bench does.
+    base = airbench.get_config() if FLAGS.model == "airbench94" else None
     engine, state, data = _bench.build_train_step(
         FLAGS.model,
         FLAGS.batch,
@@ -44,6 +49,8 @@ def main(argv):
         FLAGS.image_size,
         FLAGS.backend,
         FLAGS.num_devices,
+        base=base,
+        downsample=FLAGS.downsample,
     )
     seconds, _ = _bench.time_train_step(engine, state, data, FLAGS.steps)
     img_s = FLAGS.batch / seconds

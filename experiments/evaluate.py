@@ -1,7 +1,7 @@
 """Evaluate a run's checkpoint on any dataset split.
 
     python -m experiments.evaluate --workdir=DIR [--dataset=cifar10 --data_dir=...]
-        [--split=test] [--step=N]
+        [--split=test] [--step=N] [--tta]
 
 Prints the accuracy and writes ``eval_<dataset>_<split>_<step>.json`` into the workdir.
 """
@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from experiments._cli import quiet_unless_verbose
+from experiments._cli import parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -23,6 +23,12 @@ flags.DEFINE_string("dataset", None, "Dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Data directory (default: the run's).")
 flags.DEFINE_string("split", None, "Split (default: test if present, else validation).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_bool(
+    "tta",
+    False,
+    "Also evaluate with test-time augmentation (the run's views, "
+    "or mirror + 1-pixel translations).",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -39,6 +45,7 @@ def main(argv):
             data_dir=FLAGS.data_dir,
             split=FLAGS.split,
             step=FLAGS.step,
+            tta=FLAGS.tta,
         )
     except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
         sys.exit(f"error: {err}")
@@ -46,11 +53,17 @@ def main(argv):
     path = os.path.join(FLAGS.workdir, name + ".json")
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
+    tta = f", with TTA ({out['tta']}) {out['tta_accuracy']:.4f}" if "tta" in out else ""
     print(
-        f"{out['dataset']}/{out['split']} at step {out['step']}: accuracy {out['accuracy']:.4f} "
-        f"(loss {out['loss']:.4f}, {out['examples']} examples) -> {path}"
+        f"{out['dataset']}/{out['split']} at step {out['step']}: accuracy {out['accuracy']:.4f}"
+        f"{tta} (loss {out['loss']:.4f}, {out['examples']} examples) -> {path}"
     )
 
 
+def run():
+    """The ``cnnjax-evaluate`` command."""
+    app.run(main, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

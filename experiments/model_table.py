@@ -20,19 +20,25 @@ flags.DEFINE_integer("image_size", 32, "Input height and width.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 
 
-def model_row(name: str, image_size: int, num_classes: int) -> list[object]:
-    model = models.get_model(name, num_classes=num_classes)
-    shape = (1, image_size, image_size, 3)
+def last_spatial_field(model, shape):
+    """The receptive field of the last spatial feature map before global pooling."""
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
     # The analysis needs shapes only; zeros avoid running the initialisers.
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
     rows = receptive_field_table(
         lambda x: model.apply(variables, x, return_features=True)[1], shape
     )
-    rf = [r.field for r in rows if r.field is not None and not r.field.is_global][-1]
+    return [r.field for r in rows if r.field is not None and not r.field.is_global][-1]
+
+
+def model_row(name: str, image_size: int, num_classes: int, **overrides) -> list[object]:
+    model = models.get_model(name, num_classes=num_classes, **overrides)
+    shape = (1, image_size, image_size, 3)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
+    rf = last_spatial_field(model, shape)
     return [
         name,
-        f"{models.count_params(variables['params']):,}",
+        f"{models.count_params(abstract['params']):,}",
         f"{models.count_flops(model, shape[1:]) / 1e6:,.0f}",
         f"{rf.size[0]}x{rf.size[1]} (stride {rf.stride[0]})",
     ]

@@ -1,14 +1,17 @@
-"""Does a strided convolution replace max-pooling? The All-CNN study, as in the paper's Table 3.
+"""Does a strided convolution replace max-pooling? Two studies, one program.
 
     python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:quick
     python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:cpu \
         --config.seeds=3 --config.variants=model_c,all_cnn_c
+    python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:fast
 
-Every (variant, learning rate, seed) is an ordinary training run in its own workdir under
-``<out_dir>/runs/``, so an interrupted study resumes where it stopped and finished runs are
-not repeated. Writes to ``out_dir``: ``table.md`` and ``table.csv`` (error mean ± std over
-seeds at each variant's best learning rate, parameters, FLOPs per image, training time,
-images per second) and PNG plots of error against epoch, wall-clock time and parameters.
+The All-CNN study (variants are models, as in the paper's Table 3) and the fast-network study
+(variants are ``downsample`` settings of ``airbench94``, with paired differences, confidence
+intervals and shift invariance; :mod:`experiments._fast_study`). Every (variant, learning
+rate, seed) is an ordinary training run in its own workdir under ``<out_dir>/runs/``, so an
+interrupted study resumes where it stopped and finished runs are not repeated; a run whose
+config changed since it ran is set aside and trained again. Writes to ``out_dir``:
+``table.md``, ``table.csv`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _bench
+from experiments import _bench, _fast_study, _runs
 from experiments._cli import parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -54,6 +57,14 @@ def run_dir(out_dir: str, variant: str, lr: float, seed: int) -> str:
     return os.path.join(out_dir, "runs", variant, f"lr{lr:g}_seed{seed}")
 
 
+def run_config(config, variant: str, lr: float, seed: int):
+    """The training config of one run of the study."""
+    train = config.train.copy_and_resolve_references()
+    train[config.variant_field] = variant
+    train.learning_rate, train.seed = lr, seed
+    return train
+
+
 def run_study(config) -> list[dict]:
     """Runs (or reuses) every training run of the study; returns one record per run."""
     from cnnjax.train import read_metrics, train_and_evaluate
@@ -64,28 +75,29 @@ def run_study(config) -> list[dict]:
         for lr in lrs:
             for seed in range(config.seeds):
                 workdir = run_dir(config.out_dir, variant, lr, seed)
+                train = run_config(config, variant, lr, seed)
+                _runs.prepare_workdir(workdir, train)
                 done = os.path.join(workdir, "results.json")
                 if os.path.exists(done):
                     with open(done) as f:
                         results = json.load(f)
                 else:
                     print(f"== {variant}  lr={lr:g}  seed={seed}  -> {workdir}", flush=True)
-                    train = config.train.copy_and_resolve_references()
-                    train.model, train.learning_rate, train.seed = variant, lr, seed
                     results = train_and_evaluate(train, workdir)
                     if "stopped_at_step" in results:
                         sys.exit("study interrupted; run the same command again to resume.")
                 epochs = [r for r in read_metrics(workdir) if "epoch" in r]
-                records.append(
-                    dict(
-                        variant=variant,
-                        lr=lr,
-                        seed=seed,
-                        workdir=workdir,
-                        results=results,
-                        epochs=epochs,
-                    )
+                record = dict(
+                    variant=variant,
+                    lr=lr,
+                    seed=seed,
+                    workdir=workdir,
+                    results=results,
+                    epochs=epochs,
                 )
+                if config.translation:
+                    record["translation"] = _fast_study.translation(workdir)
+                records.append(record)
     return records
 
 
@@ -232,7 +244,8 @@ def main(argv):
     quiet_unless_verbose()
     config = FLAGS.config
     records = run_study(config)
-    out = write_outputs(config, records)
+    writer = _fast_study.write_outputs if config.variant_field == "downsample" else write_outputs
+    out = writer(config, records)
     print("\n" + out["table"])
     print(
         f"\nresults in {os.path.abspath(out['out_dir'])}: table.md, table.csv, "
@@ -240,5 +253,10 @@ def main(argv):
     )
 
 
-if __name__ == "__main__":
+def run():
+    """The ``cnnjax-study`` command."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -43,5 +43,10 @@ def main(argv):
         sys.exit(f"error: {err}")
 
 
-if __name__ == "__main__":
+def run():
+    """The ``cnnjax-train`` command."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

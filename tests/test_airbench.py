@@ -79,7 +79,13 @@ def test_uniform_fan_in_matches_pytorch_bound():
     assert float(jnp.std(kernel)) == pytest.approx(bound / np.sqrt(3), rel=0.01)
 
 
-AIRBENCH_PARAMS = {"pool": 1_971_640, "stride": 1_971_640, "extra_stride": 3_188_152}
+AIRBENCH_PARAMS = {
+    "pool": 1_971_640,
+    "avgpool": 1_971_640,
+    "stride": 1_971_640,
+    "extra_stride": 3_188_152,
+    "blurpool": 1_971_640,
+}
 
 
 @pytest.mark.parametrize("downsample", sorted(AIRBENCH_PARAMS))
@@ -97,7 +103,7 @@ def test_airbench94_shapes_and_parameter_count(downsample):
         lambda v, x: model.apply(v, x, return_features=True), variables, x
     )
     assert logits.shape == (2, 10)
-    side = {"pool": (15, 7, 3), "stride": (16, 8, 4), "extra_stride": (16, 8, 4)}[downsample]
+    side = (15, 7, 3) if downsample in ("pool", "avgpool") else (16, 8, 4)
     assert [feats[f"block{i}"].shape[1] for i in (1, 2, 3)] == list(side)
 
 

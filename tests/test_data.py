@@ -105,10 +105,81 @@ def test_image_folder_with_mixed_files_and_validation_carving(tmp_path):
         str(root), image_size=8, val_fraction=1 / 6, cache_dir=str(cache)
     )
     np.testing.assert_array_equal(again.splits["train"].images, train.images)
-    with pytest.raises(data.DataError, match="do not share one size"):
+    assert "from the cache" in again.source and "decoded from the image files" in ds.source
+    with pytest.raises(data.DataError, match=r"images of different sizes: .* is 10x12 while"):
         data.load_image_folder(str(root), image_size=None, cache_dir=str(tmp_path / "c2"))
     with pytest.raises(data.DataError, match="does not exist"):
         data.load_image_folder(str(tmp_path / "missing"))
+
+
+def test_image_folder_cache_follows_the_files(tmp_path):
+    root, cache = tmp_path / "folder", str(tmp_path / "cache")
+    _write_folder(root)
+    load = lambda: data.load_image_folder(
+        str(root), image_size=8, val_fraction=0.0, cache_dir=cache
+    )
+    first = load()
+    assert first.num_classes == 3 and first.class_names == ("cat", "dog", "eel")
+    # Merge class eel into dog: same number of files, other classes. The cache must not answer.
+    for f in (root / "train" / "eel").iterdir():
+        f.rename(root / "train" / "dog" / f"eel_{f.name}")
+    (root / "train" / "eel").rmdir()
+    merged = load()
+    assert merged.num_classes == 2 and "decoded from the image files" in merged.source
+    assert int((merged.splits["train"].labels == 1).sum()) == 12
+    assert "from the cache" in load().source
+    # Turned off: nothing read from or written to a cache.
+    off = data.load_image_folder(str(root), image_size=8, val_fraction=0.0, cache_dir="")
+    assert "cache" not in off.source
+
+
+def test_image_folder_layout_errors_name_the_problem(tmp_path):
+    nocache = dict(image_size=8, cache_dir="")
+    root = tmp_path / "a"
+    _write_folder(root)
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden: ignored, not a class
+    (root / "train" / "cat" / ".DS_Store").write_bytes(b"junk")
+    assert data.load_image_folder(str(root), **nocache).num_classes == 3
+    # ROOT/<class>/ without the split level.
+    with pytest.raises(
+        data.DataError, match=r"cat holds images directly, so .*train looks like a split"
+    ):
+        data.load_image_folder(str(root / "train"), **nocache)
+    # An empty class folder is refused by name.
+    (root / "train" / "fox").mkdir()
+    with pytest.raises(data.DataError, match=r"class folder .*fox holds no images"):
+        data.load_image_folder(str(root), **nocache)
+    (root / "train" / "fox").rmdir()
+    # A file that is not an image: named, or skipped with a warning and counted.
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "train" / "dog" / "empty.png").write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"cannot decode .*dog/broken\.jpg \(and 1 more\)"):
+        data.load_image_folder(str(root), **nocache)
+    with pytest.warns(UserWarning, match="skipped 2 image"):
+        ds = data.load_image_folder(str(root), skip_bad=True, val_fraction=0.0, **nocache)
+    assert len(ds.splits["train"]) == 18 and "2 skipped" in ds.source
+    # A single class cannot train a classifier.
+    single = tmp_path / "b"
+    (single / "train" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(single / "train" / "cat" / "0.png")
+    with pytest.raises(data.DataError, match="needs at least two classes"):
+        data.load_image_folder(str(single), **nocache)
+
+
+def test_image_folder_test_split_alone_in_the_run_class_order(tmp_path):
+    root = tmp_path / "folder"
+    _write_folder(root)
+    only = tmp_path / "only_test"
+    (only / "test").mkdir(parents=True)
+    for name in ("dog", "eel"):  # two of the three classes, as a small test set may have
+        (root / "train" / name).rename(only / "test" / name)
+    ds = data.load_image_folder(
+        str(only), image_size=8, splits=["test"], classes=("cat", "dog", "eel"), cache_dir=""
+    )
+    assert list(ds.splits) == ["test"] and ds.num_classes == 3
+    assert sorted(set(ds.splits["test"].labels.tolist())) == [1, 2]  # dog, eel in run order
+    with pytest.raises(data.DataError, match=r"class folders \['dog', 'eel'\] that are not among"):
+        data.load_image_folder(str(only), splits=["test"], classes=("cat",), cache_dir="")
 
 
 def test_zca_whitening_gives_identity_covariance():

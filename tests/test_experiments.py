@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import feature_maps, pool_vs_stride
+from experiments import _fast_study, feature_maps, pool_vs_stride
 from experiments.configs import pool_vs_stride as study_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,3 +101,92 @@ def test_receptive_fields_program(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| conv7 | 1x6x6x192 | 27x27 | 4x4 |" in proc.stdout
     assert _png_ok(str(tmp_path / "receptive_field_all_cnn_c_conv7.png"))
+
+
+@pytest.fixture(scope="module")
+def fast_study(tmp_path_factory):
+    config = study_configs.get_config("fast_quick")
+    config.out_dir = str(tmp_path_factory.mktemp("fast_study"))
+    config.variants = "pool,stride"
+    config.train.update(dict(num_epochs=2.0, warmup_epochs=0.5, progress=False))
+    records = pool_vs_stride.run_study(config)
+    return config, records, _fast_study.write_outputs(config, records)
+
+
+def test_fast_study_pairs_seeds_and_measures_shifts(fast_study):
+    config, records, out = fast_study
+    assert [(r["variant"], r["seed"]) for r in records] == [
+        ("pool", 0),
+        ("pool", 1),
+        ("stride", 0),
+        ("stride", 1),
+    ]
+    rows = {r["variant"]: r for r in _fast_study.summarize(config, records)}
+    assert rows["pool"]["diff"] is None
+    # The paired difference is the mean over seeds of (stride - pool) for the same seed.
+    paired = [_fast_study._best(records[2 + s]) - _fast_study._best(records[s]) for s in (0, 1)]
+    assert rows["stride"]["diff"][0] == pytest.approx(sum(paired) / 2)
+    half_width = 12.706 * abs(paired[0] - paired[1]) / 2**0.5 / 2**0.5
+    assert rows["stride"]["diff"][1] == pytest.approx(half_width)
+    for r in records:
+        t = r["translation"]
+        assert 0.0 <= t["consistency"] <= 1.0 and 0.0 <= t["shift4_accuracy"] <= 1.0
+        assert os.path.exists(os.path.join(r["workdir"], "translation.json"))
+    assert out["table"].splitlines()[0].startswith("| downsampling | TTA accuracy (%) |")
+    for name in ("accuracy_vs_epoch.png", "accuracy_vs_time.png", "consistency_vs_accuracy.png"):
+        assert _png_ok(os.path.join(config.out_dir, name))
+
+
+def test_fast_study_retrains_a_run_whose_config_changed(fast_study, capsys):
+    config, records, _ = fast_study
+    again = pool_vs_stride.run_study(config)
+    assert "==" not in capsys.readouterr().out  # the same config: nothing trained again
+    assert [r["results"] for r in again] == [r["results"] for r in records]
+    changed = config.copy_and_resolve_references()
+    changed.variants = "stride"
+    changed.seeds = 1
+    changed.train.label_smoothing = 0.1
+    pool_vs_stride.run_study(changed)
+    out = capsys.readouterr().out
+    assert "its config changed since it ran; moved to" in out
+    assert "== stride  lr=" in out  # and trained again
+    kept = [
+        d for d in os.listdir(os.path.join(config.out_dir, "runs", "stride")) if "replaced" in d
+    ]
+    assert len(kept) == 1  # the old run is set aside, not deleted
+
+
+def test_shift_measurements_match_translating_by_hand(fast_study):
+    from cnnjax import train
+    from cnnjax.data import normalize
+
+    _, records, _ = fast_study
+    _, engine, state, data = train.load_run(records[0]["workdir"])
+    images, labels = data.splits["validation"].images[:40], data.splits["validation"].labels[:40]
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    moved = padded[:, 4:20, 4:20]  # every image moved by 2 px
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = engine.fns.model.apply(variables, normalize(moved, engine.fns.cfg.norm))
+    want = float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
+    assert train.shifted_accuracy(engine.fns, state, images, labels, 2) == pytest.approx(want)
+    same = train.predict_translated(engine.fns, state, images, np.zeros((40, 2), int), 4)
+    plain = engine.fns.model.apply(variables, normalize(images, engine.fns.cfg.norm))
+    np.testing.assert_array_equal(same, np.argmax(np.asarray(plain), -1))
+
+
+def test_ablation_table_removes_one_piece_per_row(tmp_path):
+    from experiments import _ablation as ablation
+    from experiments.configs import ablation as ablation_configs
+
+    config = ablation_configs.get_config("quick")
+    config.out_dir = str(tmp_path)
+    config.train.update(dict(num_epochs=2.0, warmup_epochs=0.5, progress=False))
+    results = ablation.run_ablations(config)
+    assert list(results) == ["full", "no_lookahead", "no_translation"]
+    with open(os.path.join(tmp_path, "runs", "no_lookahead_seed0", "config.json")) as f:
+        assert '"lookahead_every": 0' in f.read()
+    rows = ablation.table_rows(results)
+    assert [r[0] for r in rows] == ["the full recipe", "no lookahead", "no translation"]
+    full = 100 * results["full"][0]["val_accuracy"]
+    delta = 100 * results["no_lookahead"][0]["val_accuracy"] - full  # quick: no TTA
+    assert rows[1][2] == f"{delta:+.2f}" and rows[0][2] == "-"

@@ -160,7 +160,9 @@ def test_downsample_override_walks_the_variant_grid():
 
 
 def test_registry_errors_list_the_options():
-    with pytest.raises(ValueError, match="unknown model 'resnet50'; available: all_cnn_a"):
+    with pytest.raises(
+        ValueError, match="unknown model 'resnet50'; available: airbench94, all_cnn_a"
+    ):
         models.get_model("resnet50")
     with pytest.raises(ValueError, match=r"unknown override\(s\) \['depth'\] .* valid: base"):
         models.get_model("all_cnn_c", depth=3)

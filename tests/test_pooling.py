@@ -1,6 +1,7 @@
 """Pooling against a float64 NumPy loop; 1x1 convolutions, dense-to-conv, global pooling."""
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,22 @@ def test_max_pool_gradient_lands_on_first_argmax():
         a, b = np.unravel_index(np.argmax(win), win.shape)  # numpy's argmax: first maximum
         ref[0, 2 * i + a, 2 * j + b, c] += gout[0, i, j, c]
     np.testing.assert_allclose(g, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, shape", [((2, 2), (2, 9, 8, 3)), ((3, 2), (1, 7, 7, 2))])
+def test_tiled_max_pool_matches_reduce_window_with_ties_and_nans(window, shape):
+    # stride == window, no padding: the reshape path. Values in {0, 1, 2} make ties common.
+    x = np.random.default_rng(4).integers(0, 3, shape).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    x[-1, -1, 0, -1] = -np.inf
+    dims, win = (1, *window, 1), (1, *window, 1)
+    ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, win, "VALID")
+    np.testing.assert_array_equal(ops.max_pool(x, window), ref(x))  # NaN where reduce_window has
+    x[0, 0, 0, 0] = 1.0
+    gout = np.random.default_rng(5).standard_normal(ref(x).shape).astype(np.float32)
+    got = jax.grad(lambda x: jnp.sum(ops.max_pool(x, window) * gout))(x)
+    want = jax.grad(lambda x: jnp.sum(ref(x) * gout))(x)
+    np.testing.assert_array_equal(got, want)  # the first maximum of each tile, as XLA's
 
 
 def test_avg_pool_gradient_spreads_evenly():
@@ -166,3 +183,39 @@ def test_global_average_pooling_head_accepts_any_size():
     x = rng.standard_normal((1, 33, 33, 3)).astype(np.float32)
     h = jax.nn.relu(ops.conv2d(jax.nn.relu(ops.conv2d(x, ws[0], stride=2)), ws[1]))
     np.testing.assert_allclose(net(x), (h @ ws[2][0, 0]).mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "stride, size, mode",
+    [(2, 3, "reflect"), (1, 3, "reflect"), (2, 4, "zeros"), ((2, 1), 5, "circular")],
+)
+def test_blur_pool_matches_a_direct_loop(stride, size, mode):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    got = np.asarray(ops.blur_pool(x, stride, size, mode))
+    taps = np.array([math.comb(size - 1, k) for k in range(size)], np.float64)
+    taps /= taps.sum()
+    assert ops.binomial_filter(size) == pytest.approx(taps)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    # "SAME": output ceil(n / s), padding split with the extra pixel at the end.
+    pads = []
+    for n, s in ((9, sh), (8, sw)):
+        out = -(-n // s)
+        total = max((out - 1) * s + size - n, 0)
+        pads.append((total // 2, total - total // 2))
+    np_mode = {"reflect": "reflect", "zeros": "constant", "circular": "wrap"}[mode]
+    xp = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)), mode=np_mode)
+    want = np.zeros((2, -(-9 // sh), -(-8 // sw), 3))
+    for i in range(want.shape[1]):
+        for j in range(want.shape[2]):
+            for a in range(size):
+                for b in range(size):
+                    want[:, i, j] += taps[a] * taps[b] * xp[:, i * sh + a, j * sw + b]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_blur_pool_keeps_constants_and_checks_size():
+    x = np.full((1, 6, 6, 2), 3.0, np.float32)
+    np.testing.assert_allclose(ops.blur_pool(x), 3.0, rtol=1e-6)  # a low-pass filter sums to 1
+    with pytest.raises(ValueError, match="`size` must be a positive int"):
+        ops.blur_pool(x, size=0)

@@ -124,18 +124,22 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(trained,
     with pytest.raises(
         train.CheckpointError, match=f"checkpoint of step {latest}.*Nothing was changed"
     ):
-        train.train_and_evaluate(quick(num_epochs=12), workdir)
+        train.train_and_evaluate(quick(), workdir)
     assert _tree_files(workdir) == before
 
 
 # A failed restore leaves an orbax/asyncio callback behind that complains at interpreter exit.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_incompatible_checkpoint_is_a_clear_error(trained, tmp_path):
+def test_resuming_with_another_config_is_refused_and_nothing_is_changed(trained, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained[0], workdir)
     before = _tree_files(workdir)
-    with pytest.raises(train.CheckpointError, match="different model or configuration"):
-        train.train_and_evaluate(quick(width=0.5, num_epochs=12), workdir)
+    with pytest.raises(
+        train.ConfigError,
+        match=r"started with another config; it differs in learning_rate: 0\.003 -> 0\.01; "
+        r"num_epochs: 10\.0 -> 12\.0; width: 0\.25 -> 0\.5\..*allow_config_change=True",
+    ):
+        train.train_and_evaluate(quick(width=0.5, num_epochs=12, learning_rate=0.01), workdir)
     assert _tree_files(workdir) == before
 
 
@@ -252,7 +256,7 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
         ("checkpoint_every_epochs", 0, r"`config.checkpoint_every_epochs` must be at least 1"),
         ("log_every_steps", 0, r"`config.log_every_steps` must be at least 1"),
         ("image_size", 3, r"on 3x3 images, the size `image_size` or the dataset gives\): `w` is"),
-        ("model", "resnet", r"`config.model` must be one of all_cnn_a, "),
+        ("model", "resnet", r"`config.model` must be one of airbench94, all_cnn_a, "),
         ("activation", "tanh", r"`activation` must be one of \('relu', 'gelu'"),
         ("downsample", "avg", r"`downsample` must be one of"),
         ("backend", "cuda", r"`config.backend` must be one of"),
@@ -342,3 +346,102 @@ def test_readme_own_loop_example_runs():
     exec(compile(code.replace("range(100)", "range(3)"), "README.md", "exec"), scope)
     assert int(scope["state"].step) == 1
     assert np.isfinite(float(scope["metrics"]["loss"]))
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused_naming_the_holder(tmp_path):
+    from cnnjax.train.workdir import WorkdirLock
+
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with WorkdirLock(workdir):  # as a running process holds it
+        with pytest.raises(train.ConfigError, match=rf"is in use by process {os.getpid()} since"):
+            train.train_and_evaluate(quick(num_epochs=1), workdir)
+    assert os.listdir(workdir) == [".lock"]  # refused before anything was written
+
+
+def _rows(workdir):
+    return train.read_metrics(workdir)
+
+
+def test_resume_after_a_kill_keeps_every_step_once_and_a_finished_run_reruns_nothing(
+    tmp_path, capsys
+):
+    workdir = str(tmp_path / "run")
+    config = quick(num_epochs=3, num_devices=1)
+    first = train.train_and_evaluate(config, workdir)
+    straight = _rows(workdir)
+    # As if killed after writing the rows of epochs 2 and 3 but before their checkpoints.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "60"))
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "40"))
+    os.remove(os.path.join(workdir, "results.json"))
+    resumed = train.train_and_evaluate(config, workdir)
+    assert "dropped" in capsys.readouterr().out
+    rows = _rows(workdir)
+    assert [(r["step"], "epoch" in r, "num_params" in r) for r in rows] == [
+        (r["step"], "epoch" in r, "num_params" in r) for r in straight
+    ]
+    elapsed = [r["elapsed_seconds"] for r in rows if "elapsed_seconds" in r]
+    assert elapsed == sorted(elapsed)  # the whole run's training time: never runs backwards
+    assert resumed["train_seconds"] >= next(r for r in rows if "epoch" in r)["elapsed_seconds"]
+    assert resumed["test_accuracy"] == pytest.approx(first["test_accuracy"])  # same run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        before = f.read()
+    again = train.train_and_evaluate(config, workdir)
+    assert "finished at step 60" in capsys.readouterr().out
+    assert again == resumed
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == before
+
+
+def test_a_workdir_that_cannot_hold_a_run_is_refused_before_loading(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    with pytest.raises(train.ConfigError, match=r"`workdir` .* exists and is not a directory"):
+        train.train_and_evaluate(quick(), str(a_file))
+    with pytest.raises(train.ConfigError, match=r"`workdir` .* cannot be written: not a directory"):
+        train.train_and_evaluate(quick(), str(a_file / "run"))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_sentence(tmp_path, monkeypatch):
+    import errno
+
+    state = {"w": np.ones(3, np.float32)}
+    with train.Checkpoints(str(tmp_path / "ckpt")) as ckpts:
+        ckpts.save(1, state)
+
+        def full_disk(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(ckpts.manager, "save", full_disk)
+        with pytest.raises(
+            train.CheckpointError,
+            match=r"could not write checkpoint 2 to .*ckpt: no space left on device; the last "
+            r"good checkpoint is 1\.",
+        ):
+            ckpts.save(2, state)
+
+
+def test_programs_run_from_any_directory_and_config_typos_are_one_line(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "cnnjax-train")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    args = [f"--workdir={tmp_path / 'run'}", "--config.num_epochs=1", "--config.progress=False"]
+    proc = subprocess.run(
+        [script, "--config=allcnn:quick", *args],
+        cwd=str(tmp_path),  # not the repository
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "epoch 1/1" in proc.stdout
+    typo = subprocess.run(
+        [script, "--config=allcnn:qiuck", *args],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert typo.returncode != 0 and "Traceback" not in typo.stderr
+    assert "error: --config: unknown config argument 'qiuck'" in typo.stderr

@@ -6,6 +6,7 @@ Importing this package does not import TensorFlow; loading a TFDS or image-folde
 from cnnjax.data._types import Dataset, Split, carve_validation
 from cnnjax.data.digits import load_digits
 from cnnjax.data.pipeline import (
+    alternating_flips,
     apply_augment,
     augment,
     augment_params,
@@ -27,6 +28,7 @@ __all__ = [
     "Dataset",
     "Normalization",
     "Split",
+    "alternating_flips",
     "apply_augment",
     "augment",
     "augment_params",

@@ -34,14 +34,17 @@ class Dataset:
     name: str
     num_classes: int
     splits: dict[str, Split]
+    source: str = ""  # where the arrays came from (e.g. a cache), for the run's log
+    class_names: tuple[str, ...] = ()  # label i is class_names[i], when the source names them
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"].images.shape[1:])
+        return tuple(next(iter(self.splits.values())).images.shape[1:])
 
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
-        return f"{self.name}: {self.num_classes} classes, images {self.image_shape}, {sizes}"
+        where = f" ({self.source})" if self.source else ""
+        return f"{self.name}: {self.num_classes} classes, images {self.image_shape}, {sizes}{where}"
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

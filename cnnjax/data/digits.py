@@ -30,9 +30,9 @@ def load_digits(image_size: int = 32, val_fraction: float = 0.1, seed: int = 0) 
     order = np.random.default_rng(12345).permutation(len(labels))  # fixed test split
     n_test = len(labels) // 5
     test, rest = np.sort(order[:n_test]), np.sort(order[n_test:])
-    train, val = carve_validation(Split(images[rest], labels[rest]), val_fraction, seed)
-    return Dataset(
-        "digits",
-        10,
-        {"train": train, "validation": val, "test": Split(images[test], labels[test])},
-    )
+    splits = {"train": Split(images[rest], labels[rest]), "test": Split(images[test], labels[test])}
+    if val_fraction > 0:
+        splits["train"], splits["validation"] = carve_validation(
+            splits["train"], val_fraction, seed
+        )
+    return Dataset("digits", 10, splits, class_names=tuple(str(d) for d in range(10)))

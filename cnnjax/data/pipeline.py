@@ -41,21 +41,40 @@ def augment_params(key: jax.Array, n: int, crop_padding: int = 4, flip: bool = T
     return offsets, flips
 
 
-def apply_augment(images: jax.Array, offsets: jax.Array, flips: jax.Array, crop_padding: int):
-    """Crops (after zero padding by ``crop_padding``) and flips (N, H, W, C) images."""
+def alternating_flips(key: jax.Array, step, indices, num_examples: int, steps_per_epoch: int):
+    """airbench's flips for the examples ``indices`` of batch ``step``: each example is flipped
+    at random once for the whole run (keyed by ``key`` alone), and every other epoch the whole
+    set is flipped on top, so each image is seen both ways in every two epochs."""
+    base = jax.random.bernoulli(key, 0.5, (num_examples,))[indices]
+    return base ^ ((step // steps_per_epoch) % 2 == 1)
+
+
+def apply_augment(
+    images: jax.Array, offsets: jax.Array, flips: jax.Array, crop_padding: int, mode="zeros"
+):
+    """Crops (after padding by ``crop_padding`` with zeros or, ``mode="reflect"``, the mirror
+    image without the edge) and flips (N, H, W, C) images."""
     _, h, w, c = images.shape
     if crop_padding > 0:
         p = crop_padding
-        padded = jnp.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
+        widths = [(0, 0), (p, p), (p, p), (0, 0)]
+        padded = (
+            jnp.pad(images, widths, mode="reflect")
+            if mode == "reflect"
+            else jnp.pad(images, widths)
+        )
         crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
         images = jax.vmap(crop)(padded, offsets)
     return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
 
 
-def augment(key: jax.Array, images: jax.Array, crop_padding: int = 4, flip: bool = True):
-    """Random crop after zero padding by ``crop_padding`` pixels, and random horizontal flips.
+def augment(
+    key: jax.Array, images: jax.Array, crop_padding: int = 4, flip: bool = True, mode="zeros"
+):
+    """Random crop after padding by ``crop_padding`` pixels (``mode``: "zeros" or "reflect"),
+    and random horizontal flips.
 
     ``images`` (N, H, W, C) -> same shape; each image draws its own offsets and flip.
     """
     offsets, flips = augment_params(key, images.shape[0], crop_padding, flip)
-    return apply_augment(images, offsets, flips, crop_padding)
+    return apply_augment(images, offsets, flips, crop_padding, mode)

@@ -55,15 +55,22 @@ def patch_whitening(images: np.ndarray, kernel_size: int | tuple[int, int], eps:
     entry positive) so that the kernel is the same on every machine.
     """
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    x = np.asarray(images, np.float64)
+    x = np.asarray(images)
     if x.ndim != 4 or x.shape[1] < kh or x.shape[2] < kw:
         raise ValueError(
             f"`images` must be (N, H, W, C) with H >= {kh} and W >= {kw}, got {x.shape}."
         )
     _, h, w, c = x.shape
-    taps = [x[:, i : h - kh + 1 + i, j : w - kw + 1 + j] for i in range(kh) for j in range(kw)]
-    patches = np.stack(taps, axis=3).reshape(-1, kh * kw * c)  # rows ordered (kh, kw, C)
-    lam, vecs = np.linalg.eigh(patches.T @ patches / len(patches))
+    second_moment, count = np.zeros((kh * kw * c,) * 2), 0
+    for start in range(0, len(x), 256):  # in chunks: all patches at once would be large
+        chunk = np.asarray(x[start : start + 256], np.float64)
+        taps = [
+            chunk[:, i : h - kh + 1 + i, j : w - kw + 1 + j] for i in range(kh) for j in range(kw)
+        ]
+        patches = np.stack(taps, axis=3).reshape(-1, kh * kw * c)  # rows ordered (kh, kw, C)
+        second_moment += patches.T @ patches
+        count += len(patches)
+    lam, vecs = np.linalg.eigh(second_moment / count)
     lam, vecs = lam[::-1], vecs[:, ::-1]  # decreasing eigenvalue
     vecs = vecs * np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(vecs.shape[1])])
     filters = (vecs / np.sqrt(np.maximum(lam, 0.0) + eps)).reshape(kh, kw, c, -1)

@@ -1,4 +1,4 @@
-"""Dataset sources: scikit-learn digits, TFDS by name, and image folders through TFDS.
+"""Dataset sources: scikit-learn digits, TFDS by name, and image folders.
 
 TensorFlow is imported only here, lazily, and is hidden from accelerators: JAX owns them.
 Nothing is ever downloaded unless ``download=True``: offline, an unprepared TFDS dataset
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
+from cnnjax.data import folders
 from cnnjax.data._types import Dataset, Split, carve_validation
 from cnnjax.data.digits import load_digits
 from cnnjax.errors import DataError
@@ -61,17 +63,17 @@ def _read_splits(builder, image_size: int | None, what: str, names=None) -> dict
     return splits
 
 
-def _finish(name, num_classes, splits: dict[str, Split], val_fraction, seed) -> Dataset:
+def _finish(name, num_classes, splits: dict[str, Split], val_fraction, seed, classes=()):
+    """The dataset, with ``val``/``valid`` named ``validation`` and, when there is no
+    validation split, one carved from train (a dataset without train is for evaluation)."""
     for alias in VALIDATION_NAMES[1:]:
         if alias in splits and "validation" not in splits:
             splits["validation"] = splits.pop(alias)
-    if "train" not in splits:
-        raise DataError(f"dataset {name!r} has no 'train' split (found {sorted(splits)}).")
-    if "validation" not in splits:
+    if "validation" not in splits and "train" in splits and val_fraction > 0:
         splits["train"], splits["validation"] = carve_validation(
             splits["train"], val_fraction, seed
         )
-    return Dataset(name, num_classes, splits)
+    return Dataset(name, num_classes, splits, class_names=tuple(classes))
 
 
 def load_tfds(
@@ -106,7 +108,9 @@ def load_tfds(
     # Builders without split metadata (e.g. under tfds.testing.mock_data) get the usual two.
     names = list(builder.info.splits) or ["train", "test"]
     splits = _read_splits(builder, image_size, name, names)
-    return _finish(name, num_classes, splits, val_fraction, seed)
+    if "train" not in splits:
+        raise DataError(f"dataset {name!r} has no 'train' split (found {sorted(splits)}).")
+    return _finish(name, num_classes, splits, val_fraction, seed, features["label"].names)
 
 
 def load_image_folder(
@@ -116,44 +120,71 @@ def load_image_folder(
     val_fraction: float = 0.1,
     seed: int = 0,
     cache_dir: str | None = None,
+    skip_bad: bool = False,
+    splits: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
-    """``<root>/<split>/<class>/*.jpg|png`` through TFDS ``ImageFolder``.
+    """``<root>/<split>/<class>/<image>``, decoded with Pillow (:mod:`cnnjax.data.folders`
+    checks the layout and names any bad file).
 
-    Decoded arrays are cached as ``.npz`` in ``cache_dir`` (default ``~/.cache/cnnjax``), keyed
-    by the folder's path, file count and ``image_size``, so a second run starts in seconds.
+    ``splits``: only these split folders (e.g. ``["test"]`` to evaluate, with ``classes`` the
+    trained run's label order). Decoded arrays are cached as ``.npz`` in ``cache_dir``
+    (default: ``$CNNJAX_CACHE_DIR`` or ``~/.cache/cnnjax``; ``""`` turns the cache off), keyed
+    by what defines the data: the folder's path, every file's relative path, size and
+    modification time (so class and split names too), ``image_size`` and the other arguments.
+    A second run starts in seconds; any change to the files decodes them again, and a failed
+    read caches nothing. ``dataset.source`` says which happened.
     """
-    if not root or not os.path.isdir(root):
-        raise DataError(
-            f"image folder {root!r} does not exist; expected <root>/<split>/<class>/*.jpg|png "
-            "(set `data_dir` to the root)."
-        )
-    split_dirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not split_dirs:
-        raise DataError(f"image folder {root!r} has no split folders such as {root}/train/.")
-    count = sum(len(files) for _, _, files in os.walk(root))
-    key = hashlib.sha1(f"{os.path.abspath(root)}|{count}|{image_size}".encode()).hexdigest()[:16]
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "cnnjax")
-    cache = os.path.join(cache_dir, f"imagefolder-{key}.npz")
-    if os.path.exists(cache):
+    index = folders.index_folder(root, splits, classes)
+    key = f"{image_size}|{skip_bad}|{sorted(index.files)}|{index.classes}"
+    cache = _cache_path(root, key, cache_dir) if cache_dir != "" else None
+    if cache is not None and os.path.exists(cache):
         with np.load(cache) as f:
-            names = [n[: -len("_images")] for n in f.files if n.endswith("_images")]
-            splits = {n: Split(f[f"{n}_images"], f[f"{n}_labels"]) for n in names}
-            num_classes = int(f["num_classes"])
+            loaded = {n: Split(f[f"{n}_images"], f[f"{n}_labels"]) for n in index.files}
+        source = f"decoded images from the cache {cache}"
     else:
-        _tensorflow()
-        import tensorflow_datasets as tfds
+        loaded, skipped = {}, 0
+        for name in index.files:
+            images, labels, bad = folders.read_split(index, name, image_size, skip_bad)
+            loaded[name], skipped = Split(images, labels), skipped + bad
+        source = "decoded from the image files" + (f", {skipped} skipped" if skipped else "")
+        if cache is not None:
+            arrays = {
+                f"{n}_{k}": getattr(s, k) for n, s in loaded.items() for k in ("images", "labels")
+            }
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp.npz"  # written whole, then renamed: never torn
+            np.savez(tmp, **arrays)
+            os.replace(tmp, cache)
+            source += f", cached in {cache}"
+    dataset = _finish(
+        f"imagefolder:{root}", len(index.classes), loaded, val_fraction, seed, index.classes
+    )
+    dataset.source = source
+    return dataset
 
-        builder = tfds.ImageFolder(root)
-        num_classes = builder.info.features["label"].num_classes
-        splits = _read_splits(builder, image_size, root)
-        os.makedirs(cache_dir, exist_ok=True)
-        arrays = {
-            f"{n}_{k}": getattr(s, k) for n, s in splits.items() for k in ("images", "labels")
-        }
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, num_classes=num_classes, **arrays)
-        os.replace(tmp, cache)
-    return _finish(f"imagefolder:{root}", num_classes, splits, val_fraction, seed)
+
+CACHE_VERSION = 3  # bump when the cached arrays change meaning
+
+
+def cache_dir_default() -> str:
+    """Where decoded image folders are cached: ``$CNNJAX_CACHE_DIR`` or ``~/.cache/cnnjax``."""
+    return os.environ.get("CNNJAX_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "cnnjax"
+    )
+
+
+def _cache_path(root: str, key: str, cache_dir: str | None) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{os.path.abspath(root)}|{key}".encode())
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            rel = os.path.relpath(path, root)
+            digest.update(f"|{rel}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    name = f"imagefolder-{digest.hexdigest()[:24]}.npz"
+    return os.path.join(cache_dir or cache_dir_default(), name)
 
 
 def load_dataset(
@@ -164,13 +195,20 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     download: bool = False,
+    cache: bool = True,
+    skip_bad: bool = False,
 ) -> Dataset:
     """``digits``, ``imagefolder`` (root in ``data_dir``) or any TFDS image-classification name."""
     if name == "digits":
         return load_digits(image_size or 32, val_fraction, seed)
     if name == "imagefolder":
         return load_image_folder(
-            data_dir, image_size=image_size, val_fraction=val_fraction, seed=seed
+            data_dir,
+            image_size=image_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            cache_dir=None if cache else "",
+            skip_bad=skip_bad,
         )
     return load_tfds(
         name,

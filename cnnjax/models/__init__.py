@@ -91,11 +91,12 @@ def count_flops(model: nn.Module, image_shape=(32, 32, 3)) -> float:
     """Forward-pass FLOPs for one image (XLA's cost analysis; a multiply-add counts as 2)."""
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-    apply = jax.jit(lambda v, x: model.apply(v, x))
-    cost = apply.lower(variables, x).cost_analysis()
+    lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x)
+    # Some backends (GPUs, in jax 0.11) only report costs for the compiled program.
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0]
-    return float(cost["flops"])
+    return float(cost["flops"]) if cost and "flops" in cost else float("nan")
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """airbench94 (Keller Jordan, 2024, arXiv 2404.00498): the fast CIFAR-10 network.
 
-    whiten   2×2 convolution, 3 -> 24 channels, VALID, with bias; its kernel is set from the
-             training images (``cnnjax.data.patch_whitening``) and then frozen
+    whiten   2×2 convolution, C -> 2·2·2·C channels (3 -> 24), VALID, with bias; its kernel is
+             set from the training images (``cnnjax.data.patch_whitening``) and then frozen
     GELU
     block×3  conv 3×3 -> downsample -> BatchNorm -> GELU -> conv 3×3 -> BatchNorm -> GELU,
              widths 64, 256, 256 (× ``width``)
@@ -13,8 +13,11 @@ partial_identity`); BatchNorm has no scale (airbench freezes it at 1), momentum 
 GELU is the exact (erf) form, as in PyTorch. ``downsample`` chooses what halves each block:
 
 * ``"pool"``: 2×2 max-pool after the first convolution (the published network);
+* ``"avgpool"``: 2×2 average pool instead;
 * ``"stride"``: the first convolution itself has stride 2 (no pool);
-* ``"extra_stride"``: an added 3×3 stride-2 convolution in place of the pool, as in All-CNN.
+* ``"extra_stride"``: an added 3×3 stride-2 convolution in place of the pool, as in All-CNN;
+* ``"blurpool"``: the strided first convolution preceded by a fixed 3×3 binomial low-pass
+  filter (:func:`cnnjax.ops.blur_pool`; anti-aliased downsampling, Zhang 2019).
 
 Intermediates (``return_features=True``): ``whiten``, ``block1`` … ``block3`` (block outputs),
 ``down1`` … ``down3`` (after each downsampling), ``pooled``, ``logits``.
@@ -33,7 +36,7 @@ from cnnjax.models._common import check_input, keep, scaled
 from cnnjax.nn import Conv
 from cnnjax.nn.initializers import partial_identity, uniform_fan_in
 
-DOWNSAMPLE = ("pool", "stride", "extra_stride")
+DOWNSAMPLE = ("pool", "avgpool", "stride", "extra_stride", "blurpool")
 WIDTHS = (64, 256, 256)
 
 
@@ -44,11 +47,12 @@ class AirBench94(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     downsample: str = "pool"
-    whiten_width: int = 24  # 2 × (2·2·3) patch-whitening filters for RGB input
+    whiten_kernel: int = 2  # 2·k·k·C patch-whitening filters: 24 for RGB input
     logit_scale: float = 1 / 9
     bn_momentum: float = 0.6
     bn_epsilon: float = 1e-12
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
+    blur_padding: str = "reflect"  # "blurpool": the low-pass filter's padding mode
     backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -77,9 +81,10 @@ class AirBench94(nn.Module):
             param_dtype=self.param_dtype,
         )
         feats = {}
+        k = self.whiten_kernel
         x = conv(
-            self.whiten_width,
-            2,
+            2 * k * k * x.shape[-1],
+            k,
             padding="VALID",
             use_bias=True,
             kernel_init=uniform_fan_in(),
@@ -88,10 +93,15 @@ class AirBench94(nn.Module):
         x = keep(feats, "whiten", gelu(x))
         for i, c in enumerate(WIDTHS, start=1):
             c = scaled(c, self.width)
-            first_stride = 2 if self.downsample == "stride" else 1
+            first_stride = 2 if self.downsample in ("stride", "blurpool") else 1
+            if self.downsample == "blurpool":
+                # Low-pass first, then the strided convolution samples.
+                x = ops.blur_pool(x, stride=1, padding_mode=self.blur_padding)
             x = conv(c, 3, stride=first_stride, padding=1, name=f"block{i}_conv1")(x)
             if self.downsample == "pool":
                 x = ops.max_pool(x, 2)
+            elif self.downsample == "avgpool":
+                x = ops.avg_pool(x, 2)
             elif self.downsample == "extra_stride":
                 x = conv(c, 3, stride=2, padding=1, name=f"block{i}_down")(x)
             keep(feats, f"down{i}", x)

@@ -11,7 +11,15 @@ from cnnjax.ops.bias import add_bias
 from cnnjax.ops.conv import BACKENDS, conv, conv2d
 from cnnjax.ops.cost import conv_cost, select_backend
 from cnnjax.ops.dense import dense_to_conv
-from cnnjax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, lp_pool, max_pool
+from cnnjax.ops.pooling import (
+    avg_pool,
+    binomial_filter,
+    blur_pool,
+    global_avg_pool,
+    global_max_pool,
+    lp_pool,
+    max_pool,
+)
 from cnnjax.ops.signal import convolve2d, correlate2d
 
 __all__ = [
@@ -20,6 +28,8 @@ __all__ = [
     "add_bias",
     "args",
     "avg_pool",
+    "binomial_filter",
+    "blur_pool",
     "col2im",
     "conv",
     "conv2d",

@@ -6,7 +6,7 @@ with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compile
 """
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
-from cnnjax.train.build import build_engine, load_data
+from cnnjax.train.build import build_engine, initial_state, load_data
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import build_model, check_model_config, default_config, validate_config
 from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine
@@ -14,7 +14,13 @@ from cnnjax.train.loop import train_and_evaluate
 from cnnjax.train.metrics import MetricWriter, read_metrics
 from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.pmap import batch_share, pmap_engine
-from cnnjax.train.runs import evaluate_checkpoint, load_run
+from cnnjax.train.runs import evaluate_checkpoint, load_run, saved_config
+from cnnjax.train.shift import (
+    predict_translated,
+    shift_consistency,
+    shifted_accuracy,
+    translation_report,
+)
 from cnnjax.train.step import (
     BatchPlan,
     StepConfig,
@@ -23,11 +29,14 @@ from cnnjax.train.step import (
     apply_grads,
     assemble_batch,
     batch_plan,
+    ema_update,
     eval_step,
     init_state,
+    lookahead,
     loss_and_grads,
     make_step_fns,
     train_step,
+    tta_logits,
     variables_of,
 )
 
@@ -50,12 +59,15 @@ __all__ = [
     "build_model",
     "check_model_config",
     "default_config",
+    "ema_update",
     "eval_step",
     "evaluate",
     "evaluate_checkpoint",
     "init_state",
+    "initial_state",
     "load_data",
     "load_run",
+    "lookahead",
     "loss_and_grads",
     "make_optimizer",
     "make_schedule",
@@ -63,9 +75,15 @@ __all__ = [
     "mesh_batch",
     "mesh_engine",
     "pmap_engine",
+    "predict_translated",
     "read_metrics",
+    "saved_config",
+    "shift_consistency",
+    "shifted_accuracy",
     "train_and_evaluate",
     "train_step",
+    "translation_report",
+    "tta_logits",
     "validate_config",
     "variables_of",
 ]

@@ -6,14 +6,18 @@ readers of finished runs and the benchmark programs all call it.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from cnnjax import parallel
-from cnnjax.data import Dataset, Normalization, load_dataset, preprocess
+from cnnjax.data import Dataset, Normalization, load_dataset, normalize, patch_whitening, preprocess
 from cnnjax.errors import ConfigError
+from cnnjax.train import groups
 from cnnjax.train.config import build_model, check_model_config
 from cnnjax.train.engine import Engine, mesh_engine
-from cnnjax.train.optim import make_optimizer
+from cnnjax.train.optim import check_groups, make_optimizer, total_steps
 from cnnjax.train.step import StepConfig, make_step_fns
 
 
@@ -24,8 +28,10 @@ def load_data(config) -> tuple[Dataset, Normalization]:
         data_dir=config.data_dir,
         image_size=config.image_size,
         val_fraction=config.val_fraction,
-        seed=config.seed,
+        seed=config.split_seed,
         download=config.download,
+        cache=config.data_cache,
+        skip_bad=config.skip_bad_images,
     )
     return preprocess(dataset, config.preprocess)
 
@@ -34,11 +40,13 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
     """The compiled steps of ``config`` on ``dataset``: over a device mesh (``parallel="jit"``,
     the default) or under ``jax.pmap`` (``parallel="pmap"``)."""
     mesh = mesh or parallel.make_mesh(config.num_devices)
-    num_train = len(dataset.splits["train"])
+    # A dataset without a training split is one to evaluate on: one batch stands in for it.
+    num_train = len(dataset.splits["train"]) if "train" in dataset.splits else config.batch_size
     if num_train < config.batch_size:
         raise ConfigError(
             f"`batch_size`={config.batch_size} is larger than the training split ({num_train})."
         )
+    steps_per_epoch = num_train // config.batch_size
     cfg = StepConfig(
         num_classes=dataset.num_classes,
         num_train=num_train,
@@ -47,15 +55,82 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
         seed=config.seed,
         label_smoothing=config.label_smoothing,
         crop_padding=config.crop_padding,
+        crop_mode=config.crop_mode,
         flip=config.flip,
+        flip_mode=config.flip_mode,
+        total_steps=total_steps(config, steps_per_epoch),
+        frozen=groups.parse_items(config.frozen, "frozen", with_values=False),
+        lookahead_every=config.lookahead_every,
+        lookahead_decay=config.lookahead_decay,
+        ema_decay=config.ema_decay,
+        tta=config.tta,
     )
     if config.image_size is None:  # validate_config checked the size it asks for
         check_model_config(config, min(dataset.image_shape[:2]))
-    tx, schedule = make_optimizer(config, cfg.steps_per_epoch)
+    tx, schedule = make_optimizer(config, steps_per_epoch, cfg.total_steps)
     model = build_model(config, dataset.num_classes)
     fns = make_step_fns(model, tx, schedule, cfg, dataset.image_shape)
+    check_groups(config, jax.eval_shape(fns.init).params)
     if config.parallel == "pmap":
         from cnnjax.train.pmap import pmap_engine
 
         return pmap_engine(fns, mesh.devices.flat)
     return mesh_engine(fns, mesh)
+
+
+def initial_state(config, engine: Engine, dataset: Dataset, norm: Normalization):
+    """Step 0 of a fresh run on the devices; with ``patch_whitening`` the model's first
+    convolution (and its copies in the weight averages) set from the training images."""
+    state = engine.init()
+    if not config.patch_whitening:
+        return state
+    host = jax.device_get(engine.saved(state))
+    path = _first_conv_kernel(config, engine)
+    kernel = host.params
+    for name in path:
+        kernel = kernel[name]
+    train = dataset.splits["train"]
+    # A fixed-seed sample: the split's order may be sorted by class.
+    pick = np.random.default_rng(config.seed).permutation(len(train))[: config.whitening_images]
+    images = np.asarray(normalize(train.images[np.sort(pick)], norm))
+    whitening = patch_whitening(images, kernel.shape[:2], config.whitening_eps)
+    if whitening.shape != kernel.shape:
+        raise ConfigError(
+            f"`config.patch_whitening` sets the first convolution ({'/'.join(path)}, kernel "
+            f"{kernel.shape}) to {whitening.shape[-1]} whitening filters of "
+            f"{whitening.shape[:3]} patches; model {config.model!r}'s first convolution must "
+            f"have {whitening.shape[-1]} output channels."
+        )
+    set_kernel = lambda params: _replace_at(params, path, whitening)
+    averages = {name: {**w, "params": set_kernel(w["params"])} for name, w in host.averages.items()}
+    host = host.replace(params=set_kernel(host.params), averages=averages)
+    return engine.restored(host)
+
+
+def _first_conv_kernel(config, engine: Engine) -> tuple[str, ...]:
+    """The parameter path of the first convolution kernel (rank 4) the model creates."""
+    # Flax's init returns parameters in creation order; anything that flattens them (jit,
+    # eval_shape, jax.tree) sorts the keys instead, so this one init runs eagerly.
+    x = jnp.zeros((1, *engine.fns.image_shape), jnp.float32)
+    params = engine.fns.model.init(jax.random.key(0), x)["params"]
+
+    def walk(tree, path):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from walk(value, (*path, key))
+            else:
+                yield (*path, key), value
+
+    for names, leaf in walk(params, ()):
+        if leaf.ndim == 4 and names[-1] == "kernel":
+            return names
+    raise ConfigError(
+        f"`config.patch_whitening` needs a first convolution to set, and model "
+        f"{config.model!r} has no convolution kernel."
+    )
+
+
+def _replace_at(tree: dict, path: tuple[str, ...], value) -> dict:
+    if len(path) == 1:
+        return {**tree, path[0]: value}
+    return {**tree, path[0]: _replace_at(tree[path[0]], path[1:], value)}

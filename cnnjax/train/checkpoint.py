@@ -12,6 +12,40 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from cnnjax.errors import CheckpointError
 
 
+def _reason(err: BaseException) -> str:
+    """The most specific message in an exception chain (an OSError's strerror if any)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror.lower()
+        if err.__cause__ is None and err.__context__ is None:
+            break
+        err = err.__cause__ or err.__context__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:300]
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"params/head/kernel": (shape, dtype), ...}`` for a state or a checkpoint's metadata."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        names = [str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path]
+        out["/".join(names)] = (tuple(leaf.shape), str(leaf.dtype))
+    return out
+
+
+def _differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+    """What differs between a checkpoint's arrays and the ones the run expects."""
+    out = [f"{k} is missing from the checkpoint" for k in wanted if k not in saved]
+    out += [f"{k} is in the checkpoint but not in the model" for k in saved if k not in wanted]
+    out += [
+        f"{k} is {saved[k][0]} {saved[k][1]} in the checkpoint, {wanted[k][0]} {wanted[k][1]} "
+        "in the model"
+        for k in wanted
+        if k in saved and saved[k] != wanted[k]
+    ]
+    return out
+
+
 class Checkpoints:
     """The checkpoints of one run in ``directory`` (one sub-folder per step)."""
 
@@ -28,7 +62,9 @@ class Checkpoints:
             ]
         )
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -37,10 +73,24 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-        """Saves asynchronously; :meth:`wait` before relying on the files."""
+        """Saves the state of ``step`` and waits until it is on disk.
+
+        Raises:
+          CheckpointError: it could not be written (a full disk, say); the message names the
+            last good checkpoint, which is kept.
+        """
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+        last = self.latest_step()
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+            self.manager.wait_until_finished()
+        except Exception as err:  # orbax/tensorstore/OS errors: all mean "not written"
+            reason = _reason(err)
+            raise CheckpointError(
+                f"could not write checkpoint {step} to {self.directory}: {reason}; the last "
+                f"good checkpoint is {last if last is not None else 'none (none was written)'}."
+            ) from None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -49,7 +99,9 @@ class Checkpoints:
         """The state at ``step`` (default: latest), shaped and sharded like ``template``.
 
         Raises:
-          CheckpointError: no such step, a different model/config, or a corrupt checkpoint.
+          CheckpointError: no such step; a checkpoint of another model or configuration (the
+            message lists what differs); or one that fails its integrity check (the message
+            says which earlier checkpoint removing it would fall back to).
         """
         steps = self.all_steps()
         step = self.latest_step() if step is None else step
@@ -57,30 +109,35 @@ class Checkpoints:
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}."
             )
+        where = f"the checkpoint of step {step} in {self.directory}"
         abstract = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), template
         )
-        hint = (
-            f"Nothing was changed. The checkpoint was written by a different model or "
-            f"configuration, or it is corrupt: start a new run in another --workdir, or "
-            f"remove {os.path.join(self.directory, str(step))} to fall back to an earlier one."
-        )
         try:
-            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as err:  # orbax/tensorstore raise many types; all mean "unusable"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            saved = _shapes(self.manager.item_metadata(step))
+        except Exception as err:  # unreadable metadata: the checkpoint itself is damaged
+            raise CheckpointError(f"{where} is unreadable: {self._corrupt(step, err)}") from None
+        differences = _differences(saved, _shapes(abstract))
+        if differences:
             raise CheckpointError(
-                f"cannot restore the checkpoint of step {step} in {self.directory} "
-                f"({type(err).__name__}: {first[:300]}). {hint}"
-            ) from None
-        want = jax.tree.map(lambda a: (a.shape, a.dtype), abstract)
-        got = jax.tree.map(lambda a: (a.shape, a.dtype), restored)
-        if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-            raise CheckpointError(
-                f"the checkpoint of step {step} in {self.directory} does not match the "
-                f"model's parameter shapes. {hint}"
+                f"{where} was written by another model or configuration: "
+                + "; ".join(differences[:6])
+                + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+                + ". Nothing was changed; train this config in another --workdir."
             )
-        return restored
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax/tensorstore raise many types; all mean "unusable"
+            raise CheckpointError(f"{where} is corrupt: {self._corrupt(step, err)}") from None
+
+    def _corrupt(self, step: int, err: BaseException) -> str:
+        earlier = [s for s in self.all_steps() if s < step]
+        fallback = (
+            f"remove {os.path.join(self.directory, str(step))} to resume from step {max(earlier)}"
+            if earlier
+            else "there is no earlier checkpoint: start again in another --workdir"
+        )
+        return f"{_reason(err)}. Nothing was changed; {fallback}."
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -34,25 +34,55 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "digits"  # "digits", "imagefolder" (root in data_dir) or a TFDS name
     c.data_dir = config_dict.placeholder(str)
     c.image_size = config_dict.placeholder(int)  # resize to this (digits: 32 by default)
-    c.val_fraction = 0.1  # carved from train (fixed seed) when there is no validation split
+    c.val_fraction = 0.1  # carved from train when there is none; 0: train on all of it
+    c.split_seed = 0  # the carve's seed: the same held-out images whatever the run's `seed`
+    c.data_cache = True  # image folders: reuse decoded arrays (see cnnjax.data.load_image_folder)
+    c.skip_bad_images = False  # image folders: skip files that cannot be decoded (with a warning)
     c.download = False  # TFDS may download only when this is True
     c.preprocess = "standardize"  # "standardize", "gcn_zca" or "none"
-    c.crop_padding = 4  # random crops after zero padding; 0 disables
-    c.flip = True  # random horizontal flips (off for digits: a mirrored 2 is no 2)
+    c.crop_padding = 4  # random crops after padding by this many pixels; 0 disables
+    c.crop_mode = "zeros"  # padding for the crops: "zeros" or "reflect"
+    c.flip = True  # horizontal flips (off for digits: a mirrored 2 is no 2)
+    # "random": each image, each step; "alternating": each image flipped at random once, then
+    # the whole set flipped every other epoch (airbench)
+    c.flip_mode = "random"
+    c.patch_whitening = False  # set the first convolution to whiten image patches (airbench)
+    c.whitening_images = 5000  # training images the patch covariance is estimated from
+    c.whitening_eps = 5e-4
+    c.tta = (
+        "none"  # final evaluation also with test-time augmentation: "mirror", "mirror_translate"
+    )
     # Optimisation.
     c.batch_size = 128  # global batch, split over devices
-    c.num_epochs = 10
-    c.optimizer = "sgd"  # "sgd" (momentum, optionally Nesterov) or "adamw"
+    c.num_epochs = 10.0  # may be fractional: the run stops after ceil(epochs · steps/epoch)
+    c.optimizer = "sgd"  # "sgd" (momentum, optionally Nesterov), "adamw" or "muon"
     c.learning_rate = 0.05
     c.momentum = 0.9
     c.nesterov = False
-    c.weight_decay = 1e-3  # on kernels only: L2 for sgd, decoupled for adamw
-    c.schedule = "piecewise"  # "piecewise", "cosine" or "constant"
+    c.weight_decay = 1e-3  # L2 for sgd and muon's sgd part, decoupled for adamw
+    c.weight_decay_on = "kernels"  # "kernels" (matrices and conv kernels) or "all"
+    # "standard", or "per_1024" (airbench): learning_rate and weight_decay per 1,024 examples
+    # of a summed loss, independent of momentum (see cnnjax.train.optim.decoupled_hyperparameters)
+    c.hyper_form = "standard"
+    c.schedule = "piecewise"  # "piecewise", "cosine", "constant" or "linear"
     c.decay_epochs = (200, 250, 300)  # piecewise: multiply by decay_factor at these epochs
     c.decay_factor = 0.1
-    c.warmup_epochs = 0.0  # linear warm-up from 0
+    c.warmup_epochs = 0.0  # linear warm-up over this many epochs
+    c.warmup_start = 0.0  # the warm-up starts at this fraction of the rate
+    c.final_lr_factor = 0.0  # "linear": decays from the rate to this fraction of it
     c.label_smoothing = 0.0
     c.grad_clip_norm = config_dict.placeholder(float)
+    # Parameter groups, by glob patterns on parameter paths such as "block1_bn1/bias":
+    c.lr_multipliers = ""  # "pattern=factor,...": e.g. "*_bn*/bias=64"
+    c.frozen = ""  # "pattern,...": never updated, no gradient computed: e.g. "whiten/kernel"
+    c.train_epochs = ""  # "pattern=epochs,...": trained only for the first epochs
+    c.muon_params = ""  # optimizer "muon": "pattern,..." (default: every trainable conv kernel)
+    c.muon_lr = 0.24  # rate of the Muon-updated parameters (linear decay to 0)
+    c.muon_momentum = 0.6
+    # Weight averaging.
+    c.lookahead_every = 0  # airbench's lookahead: every N steps (0: off)
+    c.lookahead_decay = 0.95  # per step; the sync decay is decay^N · (step / total)^3
+    c.ema_decay = 0.0  # evaluate with an exponential moving average of the weights (0: off)
     # Run.
     c.seed = 0
     c.parallel = "jit"  # "jit" over a device mesh, or "pmap"
@@ -63,12 +93,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the last N are kept, and the best by validation accuracy
     c.log_every_steps = 50
     c.progress = True
+    # Resuming with a config that differs from the run's is refused unless this is True (the
+    # change is then recorded in the workdir's config_changes.jsonl).
+    c.allow_config_change = False
     return c
 
 
 _CHOICES = {
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("piecewise", "cosine", "constant"),
+    "optimizer": ("sgd", "adamw", "muon"),
+    "schedule": ("piecewise", "cosine", "constant", "linear"),
+    "hyper_form": ("standard", "per_1024"),
+    "weight_decay_on": ("kernels", "all"),
+    "crop_mode": ("zeros", "reflect"),
+    "flip_mode": ("random", "alternating"),
+    "tta": ("none", "mirror", "mirror_translate"),
     "compute_dtype": ("float32", "bfloat16"),
     "parallel": ("jit", "pmap"),
     "preprocess": ("standardize", "gcn_zca", "none"),
@@ -80,18 +118,28 @@ _RANGES = {
     "dropout": (0.0, 1.0, True),
     "input_dropout": (0.0, 1.0, True),
     "image_size": (1, math.inf, True),
-    "val_fraction": (0.0, 1.0, False),
+    "val_fraction": (0.0, 1.0, True),
+    "whitening_images": (1, math.inf, True),
+    "whitening_eps": (0.0, math.inf, True),
     "crop_padding": (0, math.inf, True),
     "batch_size": (1, math.inf, True),
-    "num_epochs": (1, math.inf, True),
+    "num_epochs": (0.0, math.inf, False),
     "learning_rate": (0.0, math.inf, False),
     "momentum": (0.0, 1.0, True),
     "weight_decay": (0.0, math.inf, True),
     "decay_factor": (0.0, math.inf, False),
     "warmup_epochs": (0.0, math.inf, True),
+    "warmup_start": (0.0, 1.0, True),
+    "final_lr_factor": (0.0, math.inf, True),
+    "muon_lr": (0.0, math.inf, False),
+    "muon_momentum": (0.0, 1.0, True),
+    "lookahead_every": (0, math.inf, True),
+    "lookahead_decay": (0.0, 1.0, True),
+    "ema_decay": (0.0, 1.0, True),
     "label_smoothing": (0.0, 1.0, True),
     "grad_clip_norm": (0.0, math.inf, False),
     "seed": (0, math.inf, True),
+    "split_seed": (0, math.inf, True),
     "num_devices": (1, math.inf, True),
     "eval_every_epochs": (1, math.inf, True),
     "eval_batch_size": (1, math.inf, True),

@@ -32,8 +32,9 @@ class Engine:
       init: () -> the initial state, on the devices.
       train_step: (state, images, labels) -> (state, metrics); the state is donated; the
         dataset is the one :attr:`put_dataset` returned.
-      eval_batch: (state, host images, host labels) -> summed metrics of one padded batch,
-        whose size is a multiple of ``num_devices``.
+      eval_batch: (state, host images, host labels, tta=False) -> summed metrics of one padded
+        batch, whose size is a multiple of ``num_devices``; ``tta`` uses the views of
+        ``fns.cfg.tta``.
       put_dataset: (host images, host labels) -> the training split on the devices.
       saved: state on the devices -> the single copy that checkpoints hold.
       restored: that copy -> the state on the devices.
@@ -75,21 +76,31 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         donate_argnums=(0,),
         compiler_options=options,
     )
-    eval_step = jax.jit(
-        fns.eval,
-        in_shardings=(state_sharding, batch_sharding, batch_sharding),
-        out_shardings=replicated,
-        compiler_options=options,
-    )
+    eval_steps = {
+        tta: jax.jit(
+            fn,
+            in_shardings=(state_sharding, batch_sharding, batch_sharding),
+            out_shardings=replicated,
+            compiler_options=options,
+        )
+        for tta, fn in ((False, fns.eval), (True, fns.eval_tta))
+    }
 
-    def eval_batch(state, images, labels):
+    def eval_batch(state, images, labels, tta=False):
         put = functools.partial(parallel.to_global, sharding=batch_sharding)
-        return eval_step(state, put(images), put(labels))
+        return eval_steps[tta](state, put(images), put(labels))
 
     def put_dataset(images, labels):
         return parallel.to_global(images, replicated), parallel.to_global(labels, replicated)
 
-    same = lambda state: state  # the mesh path saves its global arrays as they are
+    def restored(state):  # host arrays onto the mesh, replicated (a checkpoint's already are)
+        def put(a):
+            if isinstance(a, jax.Array) and a.sharding == replicated:
+                return a
+            return parallel.to_global(np.asarray(a), replicated)
+
+        return jax.tree.map(put, state)
+
     return Engine(
         fns=fns,
         num_devices=mesh.size,
@@ -97,13 +108,14 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         train_step=train_step,
         eval_batch=eval_batch,
         put_dataset=put_dataset,
-        saved=same,
-        restored=same,
+        saved=lambda state: state,  # the mesh path saves its global arrays as they are
+        restored=restored,
     )
 
 
-def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int):
-    """Mean loss and accuracy over a whole split, in padded batches of about ``batch_size``."""
+def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int, tta=False):
+    """Mean loss and accuracy over a whole split, in padded batches of about ``batch_size``;
+    ``tta``: with the test-time views of the run's ``tta`` setting."""
     devices = engine.num_devices
     batch_size = max(devices, batch_size // devices * devices)
     totals = {"loss": 0.0, "correct": 0, "count": 0}
@@ -114,7 +126,7 @@ def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int)
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, -np.ones(pad, np.int32)])
-        for k, v in jax.device_get(engine.eval_batch(state, xb, yb)).items():
+        for k, v in jax.device_get(engine.eval_batch(state, xb, yb, tta)).items():
             totals[k] += v
     count = max(int(totals["count"]), 1)
     return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from cnnjax import models
 from cnnjax.data import Dataset
 from cnnjax.errors import NonFiniteLossError
-from cnnjax.train.build import build_engine, load_data
+from cnnjax.train import workdir as workdir_lib
+from cnnjax.train.build import build_engine, initial_state, load_data
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import validate_config
 from cnnjax.train.engine import Engine, evaluate
@@ -38,21 +39,39 @@ from cnnjax.train.step import TrainState
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
     validate_config(config)
-    lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    dataset, norm = load_data(config)  # data
-    engine = build_engine(config, dataset, norm)  # model and compiled steps
-    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
-        state = engine.init()  # restore: raises CheckpointError before anything is written
-        if ckpts.latest_step() is not None:
-            state = engine.restored(ckpts.restore(engine.saved(state)))
-        run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
-        run.start(state)
-        with _StopRequest() as stop:
-            state, stopped = _train(run, state, stop)
-        if stopped:
-            return {"stopped_at_step": stopped}
-    return _finish(run, state)
+    lead = jax.process_index() == 0  # multi-host: process 0 locks and writes the records
+    if lead:
+        workdir_lib.prepare(workdir)
+    else:
+        os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.WorkdirLock(workdir, enabled=lead):
+        checkpoint_dir = os.path.join(workdir, "checkpoints")
+        if lead:  # before any data is loaded: a changed config is refused at once
+            workdir_lib.check_config(workdir, config, _has_checkpoints(checkpoint_dir))
+        started = time.perf_counter()
+        dataset, norm = load_data(config)  # data
+        data_seconds = time.perf_counter() - started
+        if lead:
+            workdir_lib.save_data_info(workdir, dataset, norm)
+        engine = build_engine(config, dataset, norm)  # model and compiled steps
+        with Checkpoints(checkpoint_dir, config.keep_checkpoints) as ckpts:
+            if ckpts.latest_step() is None:
+                state = initial_state(config, engine, dataset, norm)
+            else:  # raises CheckpointError before anything is written
+                state = engine.restored(ckpts.restore(engine.saved(engine.init())))
+            run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
+            run.data_seconds = data_seconds
+            if run.start(state):
+                return run.finished_results()
+            with _StopRequest() as stop:
+                state, stopped = _train(run, state, stop)
+            if stopped:
+                return {"stopped_at_step": stopped}
+        return _finish(run, state)
+
+
+def _has_checkpoints(directory: str) -> bool:
+    return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
 
 
 @dataclasses.dataclass
@@ -69,7 +88,10 @@ class _Run:
     writer: MetricWriter | None = None
     first_step: int = 0
     num_params: int = 0
-    compile_seconds: float = 0.0
+    data_seconds: float = 0.0
+    eval_seconds: float = 0.0  # this process's per-epoch evaluations (not training time)
+    prior: dict[str, float] = dataclasses.field(default_factory=dict)  # earlier processes'
+    meter: _Meter | None = None
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -78,20 +100,28 @@ class _Run:
 
     @property
     def total_steps(self) -> int:
-        return self.config.num_epochs * self.steps_per_epoch
+        return self.engine.fns.cfg.total_steps
 
     def say(self, line: str) -> None:
         if self.lead:
             tqdm.write(line)
 
-    def start(self, state: TrainState) -> None:
-        """Records the config, announces the run and opens the metric writer."""
+    def start(self, state: TrainState) -> bool:
+        """Announces the run and opens the metric writer; on resume, drops history past the
+        restored step and picks up the time spent so far. Returns True when the run has
+        already finished (nothing to do)."""
         saved = self.engine.saved(state)
         self.first_step = int(jax.device_get(saved.step))
         self.num_params = models.count_params(saved.params)
-        if self.lead:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(self.config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        results = os.path.join(self.workdir, "results.json")
+        if self.first_step >= self.total_steps and os.path.exists(results):
+            self.say(f"{self.workdir} finished at step {self.first_step}; results in {results}.")
+            return True
+        self.prior = workdir_lib.load_timing(self.workdir, self.first_step)
+        if self.lead and self.first_step:
+            dropped = workdir_lib.truncate_history(self.workdir, self.first_step)
+            if dropped:
+                self.say(f"dropped {dropped} metric rows written after the checkpoint.")
         self.say(
             f"{self.dataset.summary()}\nmodel {self.config.model}: {self.num_params:,} "
             f"parameters; {self.engine.num_devices} device(s); {self.steps_per_epoch} "
@@ -99,10 +129,29 @@ class _Run:
             + (f"; resuming at step {self.first_step}" if self.first_step else "")
         )
         self.writer = MetricWriter(self.workdir, enabled=self.lead)
+        return False
+
+    def finished_results(self) -> dict[str, float]:
+        with open(os.path.join(self.workdir, "results.json")) as f:
+            return json.load(f)
+
+    def timing(self) -> dict[str, float]:
+        """Seconds of the whole run so far, over this process and the ones it resumed:
+        training (compilation and per-epoch evaluations excluded), compilation (the first step
+        of each process) and per-epoch evaluation."""
+        compiled = self.meter.compile_seconds if self.meter else 0.0
+        now = time.perf_counter() - self.started - self.eval_seconds - compiled
+        return {
+            "train_seconds": self.prior["train_seconds"] + now,
+            "compile_seconds": self.prior["compile_seconds"] + compiled,
+            "eval_seconds": self.prior["eval_seconds"] + self.eval_seconds,
+        }
 
     def save(self, step: int, state: TrainState) -> None:
         metrics = {"val_accuracy": self.last_eval["val_accuracy"]} if self.last_eval else None
         self.checkpoints.save(step, self.engine.saved(state), metrics)
+        if self.lead:
+            workdir_lib.save_timing(self.workdir, step, self.timing())
 
 
 class _Meter:
@@ -148,7 +197,7 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
     images, labels = run.engine.put_dataset(
         run.dataset.splits["train"].images, run.dataset.splits["train"].labels
     )
-    meter = _Meter(run.first_step, config.batch_size)
+    meter = run.meter = _Meter(run.first_step, config.batch_size)
     bar = _ProgressBar(run, enabled=run.lead and config.progress)
     step, pending = run.first_step, None
     try:
@@ -176,7 +225,6 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
         bar.close()
         run.checkpoints.wait()
         run.writer.flush()
-    run.compile_seconds = meter.compile_seconds
     return state, 0
 
 
@@ -196,14 +244,15 @@ def _checked(run: _Run, step: int, metrics) -> tuple[int, dict[str, float]]:
 
 def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, float]) -> None:
     """Evaluates (every ``eval_every_epochs``), logs the epoch and checkpoints."""
-    config, epoch = run.config, step // run.steps_per_epoch
+    config, epoch = run.config, -(-step // run.steps_per_epoch)  # a last partial epoch counts
     last = step == run.total_steps
-    if epoch % config.eval_every_epochs == 0 or last:
-        val = run.dataset.splits["validation"]
+    if (epoch % config.eval_every_epochs == 0 or last) and "validation" in run.dataset.splits:
+        val, begun = run.dataset.splits["validation"], time.perf_counter()
         m = evaluate(run.engine, state, val.images, val.labels, config.eval_batch_size)
+        run.eval_seconds += time.perf_counter() - begun
         run.last_eval = {"val_" + k: v for k, v in m.items()}
         summary.update(run.last_eval)
-    summary["elapsed_seconds"] = time.perf_counter() - run.started
+    summary["elapsed_seconds"] = run.timing()["train_seconds"]  # the whole run's, so far
     run.writer.write(step, {"epoch": epoch, **summary})
     run.say(_epoch_line(epoch, config.num_epochs, summary))
     if epoch % config.checkpoint_every_epochs == 0 or last:
@@ -230,8 +279,15 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
             m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size)
             results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
             results[f"{key}_error"] = 1.0 - m["accuracy"]
-    results["train_seconds"] = time.perf_counter() - run.started
-    results["compile_seconds"] = run.compile_seconds
+            if config.tta != "none":
+                m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size, tta=True)
+                results[f"{key}_tta_accuracy"] = m["accuracy"]
+    # Like airbench: training plus the final evaluation, not the per-epoch evaluations nor
+    # compilation; over the whole run, resumed segments included.
+    timing = run.timing()
+    results["train_seconds"] = timing["train_seconds"]
+    results["compile_seconds"] = timing["compile_seconds"]
+    results["data_seconds"] = run.data_seconds
     run.writer.write(run.total_steps, results)
     run.writer.close()
     if run.lead:
@@ -310,8 +366,8 @@ class _Sums:
         return out
 
 
-def _epoch_line(epoch: int, num_epochs: int, m: dict[str, float]) -> str:
-    parts = [f"epoch {epoch}/{num_epochs}"]
+def _epoch_line(epoch: int, num_epochs: float, m: dict[str, float]) -> str:
+    parts = [f"epoch {epoch}/{math.ceil(num_epochs)}"]
     for key, fmt in (
         ("train_loss", "{:.4f}"),
         ("train_accuracy", "{:.3f}"),

@@ -48,11 +48,11 @@ def _pmap_train_step(fns: StepFns, state: TrainState, images, labels):
     )
     grads, stats, metrics = lax.pmean((grads, stats, metrics), DATA)
     metrics["learning_rate"] = fns.schedule(state.step)
-    return apply_grads(fns.tx, state, grads, stats), metrics
+    return apply_grads(fns.tx, state, grads, stats, fns.cfg), metrics
 
 
-def _pmap_eval_step(fns: StepFns, state: TrainState, images, labels):
-    return lax.psum(fns.eval(state, images, labels), DATA)
+def _pmap_eval_step(eval_fn, state: TrainState, images, labels):
+    return lax.psum(eval_fn(state, images, labels), DATA)
 
 
 class _CompiledOnFirstCall:
@@ -89,10 +89,13 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         ),
         options,
     )
-    eval_step = _CompiledOnFirstCall(
-        jax.pmap(functools.partial(_pmap_eval_step, fns), axis_name=DATA, devices=devices),
-        options,
-    )
+    eval_steps = {
+        tta: _CompiledOnFirstCall(
+            jax.pmap(functools.partial(_pmap_eval_step, fn), axis_name=DATA, devices=devices),
+            options,
+        )
+        for tta, fn in ((False, fns.eval), (True, fns.eval_tta))
+    }
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)
     split = lambda a: np.reshape(a, (n, -1, *a.shape[1:]))
 
@@ -100,8 +103,8 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         state, metrics = step(state, images, labels)
         return state, first(metrics)
 
-    def eval_batch(state, images, labels):
-        return first(eval_step(state, split(images), split(labels)))
+    def eval_batch(state, images, labels, tta=False):
+        return first(eval_steps[tta](state, split(images), split(labels)))
 
     return Engine(
         fns=fns,

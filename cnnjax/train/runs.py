@@ -6,13 +6,16 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
+from cnnjax.data import Normalization, load_image_folder
 from cnnjax.errors import ConfigError
 from cnnjax.train.build import build_engine, load_data
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import default_config
 from cnnjax.train.engine import evaluate
+from cnnjax.train.workdir import load_data_info
 
 
 def load_run(
@@ -21,13 +24,63 @@ def load_run(
     step: int | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
+    tta: str | None = None,
+    split: str | None = None,
 ):
     """A run rebuilt from its ``config.json`` and checkpoint (latest, or ``step``).
 
     Returns ``(config, engine, state, data)`` with ``state`` as checkpoints hold it (one copy,
-    whatever the run's parallel layout); ``dataset``/``data_dir`` swap the data (same image
-    shape and number of classes).
+    whatever the run's parallel layout); ``tta`` overrides the run's test-time augmentation.
+    ``dataset``/``data_dir`` swap the data (same image shape); an image folder is then read
+    with the run's class names and normalisation (its ``data.json``), so it needs no training
+    split: ``split`` alone is read when given.
     """
+    config = saved_config(workdir)
+    swapped = dataset is not None or data_dir is not None
+    config.dataset = config.dataset if dataset is None else dataset
+    config.data_dir = config.data_dir if data_dir is None else data_dir
+    if tta is not None:
+        config.tta = tta
+    info = load_data_info(workdir)
+    if swapped and config.dataset == "imagefolder" and info is not None:
+        data, norm = _evaluation_folder(config, info, split)
+    else:
+        data, norm = load_data(config)
+    engine = build_engine(config, data, norm)
+    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
+        state = ckpts.restore(engine.saved(engine.init()), step)
+    return config, engine, state, data
+
+
+def _evaluation_folder(config, info: dict, split: str | None):
+    """An image folder read for evaluating a run: only ``split`` (if given), labels in the
+    run's class order, the run's normalisation."""
+    if config.preprocess == "gcn_zca":
+        raise ConfigError(
+            "this run's preprocessing (gcn_zca) was fitted on its training split and is not "
+            "stored with it; evaluate it on its own dataset."
+        )
+    data = load_image_folder(
+        config.data_dir,
+        image_size=config.image_size,
+        val_fraction=0.0,
+        cache_dir=None if config.data_cache else "",
+        skip_bad=config.skip_bad_images,
+        splits=None if split is None else [split],
+        classes=info["class_names"] or None,
+    )
+    if data.num_classes != info["num_classes"] and not info["class_names"]:
+        raise ConfigError(
+            f"{config.data_dir} has {data.num_classes} classes and the run was trained on "
+            f"{info['num_classes']}; evaluate it on data with the same classes."
+        )
+    norm = info["norm"]
+    data.num_classes = info["num_classes"]
+    return data, Normalization(norm["scale"], tuple(norm["mean"]), tuple(norm["std"]))
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was started with (its ``config.json``), on top of today's defaults."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"{path} not found: is {workdir!r} the workdir of a run?")
@@ -35,15 +88,7 @@ def load_run(
         saved = json.load(f)
     config = default_config()
     config.update(ml_collections.ConfigDict(_tuples(saved)))
-    if dataset is not None:
-        config.dataset = dataset
-    if data_dir is not None:
-        config.data_dir = data_dir
-    data, norm = load_data(config)
-    engine = build_engine(config, data, norm)
-    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
-        state = ckpts.restore(engine.saved(engine.init()), step)
-    return config, engine, state, data
+    return config
 
 
 def evaluate_checkpoint(
@@ -53,25 +98,34 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     split: str | None = None,
     step: int | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
 
-    ``split`` defaults to ``test`` when the dataset has one, else ``validation``.
+    ``split`` defaults to ``test`` when the dataset has one, else ``validation``. ``tta``:
+    also with test-time augmentation (the run's ``tta`` views, or "mirror_translate").
     """
-    config, engine, state, data = load_run(workdir, step=step, dataset=dataset, data_dir=data_dir)
+    views = "mirror_translate" if tta and saved_config(workdir).tta == "none" else None
+    config, engine, state, data = load_run(
+        workdir, step=step, dataset=dataset, data_dir=data_dir, tta=views, split=split
+    )
     split = split or ("test" if "test" in data.splits else "validation")
     if split not in data.splits:
         raise ConfigError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
-    s = data.splits[split]
-    m = evaluate(engine, engine.restored(state), s.images, s.labels, config.eval_batch_size)
-    return {
+    s, state = data.splits[split], engine.restored(state)
+    m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size)
+    out = {
         "workdir": workdir,
         "dataset": config.dataset,
         "split": split,
-        "step": int(state.step),
+        "step": int(jax.device_get(engine.saved(state).step)),
         "examples": len(s),
         **m,
     }
+    if tta:
+        m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size, tta=True)
+        out["tta"], out["tta_accuracy"] = config.tta, m["accuracy"]
+    return out
 
 
 def _tuples(d):

@@ -24,19 +24,33 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax import lax
 
-from cnnjax.data import Normalization, apply_augment, augment_params, batch_indices, normalize
+from cnnjax.data import (
+    Normalization,
+    alternating_flips,
+    apply_augment,
+    augment_params,
+    batch_indices,
+    normalize,
+)
+from cnnjax.train.groups import mask
 
 Metrics = dict[str, jax.Array]
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything a run needs to continue: a plain pytree of arrays (checkpointed as is)."""
+    """Everything a run needs to continue: a plain pytree of arrays (checkpointed as is).
+
+    ``averages`` holds weight averages when the run keeps them: ``"slow"`` (lookahead) and
+    ``"ema"``, each ``{"params", "batch_stats"}``; empty otherwise.
+    """
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    averages: Any = struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +66,17 @@ class StepConfig:
       seed: every random draw (initialisation, batch order, augmentation, dropout) derives
         from it and the step number.
       label_smoothing: mass moved from the true class to all classes, in [0, 1).
-      crop_padding: random crops after zero padding by this many pixels (0: no crops).
-      flip: random horizontal flips.
+      crop_padding: random crops after padding by this many pixels (0: no crops).
+      crop_mode: the padding for crops, "zeros" or "reflect".
+      flip: horizontal flips; ``flip_mode`` "random" (each image, each step) or
+        "alternating" (:func:`cnnjax.data.alternating_flips`).
+      total_steps: steps of the whole run (lookahead's schedule needs it); default: one epoch.
+      frozen: glob patterns of parameters that get no gradient (:mod:`cnnjax.train.groups`).
+      lookahead_every: airbench's lookahead every this many steps (0: off), with decay
+        ``lookahead_decay ** every · (step / total)^3`` at each sync.
+      ema_decay: keep an exponential moving average of the weights and evaluate with it (0: off).
+      tta: test-time augmentation of :func:`eval_step` when asked for: "none", "mirror" or
+        "mirror_translate".
     """
 
     num_classes: int
@@ -63,11 +86,23 @@ class StepConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     crop_padding: int = 0
+    crop_mode: str = "zeros"
     flip: bool = False
+    flip_mode: str = "random"
+    total_steps: int = 0
+    frozen: tuple[tuple[str, float], ...] = ()
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.95
+    ema_decay: float = 0.0
+    tta: str = "none"
 
     @property
     def steps_per_epoch(self) -> int:
         return self.num_train // self.batch_size
+
+    @property
+    def run_steps(self) -> int:
+        return self.total_steps or self.steps_per_epoch
 
     def keys(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(init, batch order, augmentation, dropout) keys of the run."""
@@ -84,16 +119,29 @@ class BatchPlan(NamedTuple):
 
 
 def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], key
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    key,
+    cfg: StepConfig | None = None,
 ) -> TrainState:
-    """Step 0: parameters from ``model.init`` on one zero image, fresh optimiser state."""
+    """Step 0: parameters from ``model.init`` on one zero image, fresh optimiser state, and
+    the weight averages ``cfg`` asks for starting at the initial weights."""
     variables = model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    weights = {"params": params, "batch_stats": batch_stats}
+    averages = {}
+    if cfg is not None and cfg.lookahead_every:
+        averages["slow"] = weights
+    if cfg is not None and cfg.ema_decay:
+        averages["ema"] = weights
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
         opt_state=tx.init(params),
+        averages=averages,
     )
 
 
@@ -108,16 +156,20 @@ def batch_plan(cfg: StepConfig, step: jax.Array) -> BatchPlan:
     Drawn for the whole global batch, so every data-parallel layout sees the same batch."""
     _, data_key, aug_key, _ = cfg.keys()
     indices = batch_indices(data_key, step, cfg.num_train, cfg.batch_size)
+    random_flips = cfg.flip and cfg.flip_mode == "random"
     offsets, flips = augment_params(
-        jax.random.fold_in(aug_key, step), cfg.batch_size, cfg.crop_padding, cfg.flip
+        jax.random.fold_in(aug_key, step), cfg.batch_size, cfg.crop_padding, random_flips
     )
+    if cfg.flip and cfg.flip_mode == "alternating":
+        flips = alternating_flips(aug_key, step, indices, cfg.num_train, cfg.steps_per_epoch)
     return BatchPlan(indices, offsets, flips)
 
 
 def assemble_batch(cfg: StepConfig, images, labels, plan: BatchPlan):
     """The rows of ``plan`` gathered from the dataset, normalised and augmented: (x, y)."""
     x = normalize(images[plan.indices], cfg.norm)
-    return apply_augment(x, plan.offsets, plan.flips, cfg.crop_padding), labels[plan.indices]
+    x = apply_augment(x, plan.offsets, plan.flips, cfg.crop_padding, cfg.crop_mode)
+    return x, labels[plan.indices]
 
 
 def loss_and_grads(
@@ -128,7 +180,11 @@ def loss_and_grads(
     Returns (grads, new BatchNorm statistics, {"loss", "accuracy"}).
     """
 
+    frozen = mask(params, cfg.frozen) if cfg.frozen else None
+
     def loss_fn(params):
+        if frozen is not None:  # no gradient is computed for frozen parameters at all
+            params = jax.tree.map(lambda p, f: lax.stop_gradient(p) if f else p, params, frozen)
         logits, updates = model.apply(
             variables_of(params, batch_stats),
             x,
@@ -146,15 +202,61 @@ def loss_and_grads(
     return grads, new_stats, {"loss": loss, "accuracy": accuracy}
 
 
-def apply_grads(tx: optax.GradientTransformation, state: TrainState, grads, batch_stats):
-    """One optimiser update: the state of step ``state.step + 1``."""
+def apply_grads(
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    grads,
+    batch_stats,
+    cfg: StepConfig | None = None,
+) -> TrainState:
+    """One optimiser update: the state of step ``state.step + 1``, with the weight averages of
+    ``cfg`` (lookahead, EMA) brought up to date."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(
+    state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
+    if cfg is not None and "slow" in state.averages:
+        state = lookahead(state, cfg.lookahead_every, cfg.lookahead_decay, cfg.run_steps)
+    if cfg is not None and "ema" in state.averages:
+        state = ema_update(state, cfg.ema_decay)
+    return state
+
+
+def _blend(old, new, weight):
+    """``old + weight · (new − old)`` leaf by leaf, in each leaf's dtype."""
+    return jax.tree.map(lambda a, b: a + (weight * (b - a)).astype(a.dtype), old, new)
+
+
+def lookahead(state: TrainState, every: int, decay: float, total: int) -> TrainState:
+    """airbench's lookahead, after the update of step ``state.step``: every ``every`` steps the
+    slow weights move towards the fast ones, ``slow += (1 − d)(fast − slow)`` with
+    ``d = decay^every · (step / total)^3``, and the fast weights are reset to them; at the last
+    step (``d = 1``) the fast weights become the slow ones. BatchNorm statistics too.
+
+    Early on ``d`` is near 0, so the slow weights simply follow; towards the end they average
+    over a widening window, which is what makes the short schedule's final weights good.
+    """
+    step = state.step
+    fast = {"params": state.params, "batch_stats": state.batch_stats}
+    sync = (step % every == 0) | (step >= total)
+    d = jnp.where(step >= total, 1.0, decay**every * (step / total) ** 3)
+    slow = _blend(state.averages["slow"], fast, jnp.where(sync, 1.0 - d, 0.0))
+    fast = jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast)
+    return state.replace(
+        params=fast["params"],
+        batch_stats=fast["batch_stats"],
+        averages={**state.averages, "slow": slow},
+    )
+
+
+def ema_update(state: TrainState, decay: float) -> TrainState:
+    """``ema ← decay · ema + (1 − decay) · weights`` (parameters and BatchNorm statistics)."""
+    weights = {"params": state.params, "batch_stats": state.batch_stats}
+    ema = _blend(state.averages["ema"], weights, 1.0 - decay)
+    return state.replace(averages={**state.averages, "ema": ema})
 
 
 def train_step(
@@ -173,19 +275,44 @@ def train_step(
         model, cfg, state.params, state.batch_stats, x, y, dropout_key
     )
     metrics["learning_rate"] = schedule(state.step)
-    return apply_grads(tx, state, grads, batch_stats), metrics
+    return apply_grads(tx, state, grads, batch_stats, cfg), metrics
 
 
-def eval_step(state: TrainState, images, labels, *, model: nn.Module, cfg: StepConfig) -> Metrics:
-    """Summed loss, correct predictions and count of a padded batch; labels < 0 are padding."""
-    logits = model.apply(variables_of(state.params, state.batch_stats), normalize(images, cfg.norm))
-    mask = labels >= 0
+def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: str) -> jax.Array:
+    """Logits of ``x`` (N, H, W, C) averaged over test-time views, as airbench weights them.
+
+    "none": ``x`` alone. "mirror": ``x`` and its mirror image, ½ each. "mirror_translate":
+    ½ × mirror(x) + ½ × the mean of mirror(x shifted one pixel up-left) and mirror(x shifted one
+    pixel down-right), the shifts over reflect padding: 6 views in all.
+    """
+    if tta == "none":
+        return apply(x)
+    mirror = lambda v: 0.5 * apply(v) + 0.5 * apply(v[:, :, ::-1])
+    if tta == "mirror":
+        return mirror(x)
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    shifted = [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
+    return 0.5 * mirror(x) + 0.25 * (mirror(shifted[0]) + mirror(shifted[1]))
+
+
+def eval_step(
+    state: TrainState, images, labels, *, model: nn.Module, cfg: StepConfig, tta: str = "none"
+) -> Metrics:
+    """Summed loss, correct predictions and count of a padded batch; labels < 0 are padding.
+
+    Uses the EMA weights when the run keeps them, and ``tta`` views (:func:`tta_logits`)."""
+    weights = state.averages.get("ema", {"params": state.params, "batch_stats": state.batch_stats})
+    variables = variables_of(weights["params"], weights["batch_stats"])
+    x = normalize(images, cfg.norm)
+    logits = tta_logits(lambda v: model.apply(variables, v), x, tta)
+    valid = labels >= 0
     y = jnp.maximum(labels, 0)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return {
-        "loss": jnp.sum(jnp.where(mask, losses, 0.0)),
-        "correct": jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == y, False)),
-        "count": jnp.sum(mask),
+        "loss": jnp.sum(jnp.where(valid, losses, 0.0)),
+        "correct": jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == y, False)),
+        "count": jnp.sum(valid),
     }
 
 
@@ -200,6 +327,7 @@ class StepFns(NamedTuple):
     init: Callable[[], TrainState]
     train: Callable[..., tuple[TrainState, Metrics]]  # (state, x, y)
     eval: Callable[..., Metrics]  # (state, images, labels)
+    eval_tta: Callable[..., Metrics]  # the same with cfg.tta's views
 
 
 def make_step_fns(
@@ -217,7 +345,8 @@ def make_step_fns(
         schedule=schedule,
         cfg=cfg,
         image_shape=image_shape,
-        init=functools.partial(init_state, model, tx, image_shape, cfg.keys()[0]),
+        init=functools.partial(init_state, model, tx, image_shape, cfg.keys()[0], cfg),
         train=functools.partial(train_step, model=model, tx=tx, schedule=schedule, cfg=cfg),
         eval=functools.partial(eval_step, model=model, cfg=cfg),
+        eval_tta=functools.partial(eval_step, model=model, cfg=cfg, tta=cfg.tta),
     )

@@ -1,0 +1,160 @@
+"""Image folders, ``ROOT/<split>/<class>/<image>``, read with Pillow.
+
+The layout is checked before anything is decoded, and every problem is one sentence that names
+the folder or file: a missing split level (``ROOT/<class>/``), an empty class folder, a training
+split with a single class, a file that cannot be decoded (or, with ``skip_bad_images``, a
+warning and a count), images of different sizes without ``image_size``. Hidden folders and
+files (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from cnnjax.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+    """What an image folder holds: class names (label order) and, per split, the image files
+    (paths relative to the root) with their labels."""
+
+    root: str
+    classes: tuple[str, ...]
+    files: dict[str, list[tuple[str, int]]]
+
+
+def _visible(names):
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def _images_in(folder: str) -> list[str]:
+    return [
+        n
+        for n in _visible(os.listdir(folder))
+        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+    ]
+
+
+def _subfolders(folder: str) -> list[str]:
+    return [n for n in _visible(os.listdir(folder)) if os.path.isdir(os.path.join(folder, n))]
+
+
+def index_folder(
+    root: str, splits: Sequence[str] | None = None, classes: Sequence[str] | None = None
+) -> FolderIndex:
+    """Checks ``root``'s layout and lists its images (``splits``: only these split folders).
+
+    ``classes`` fixes the label order (a trained run's); by default it is the sorted class
+    folders of ``train`` (or of every split, when there is no ``train``).
+    """
+    if not root or not os.path.isdir(root):
+        raise DataError(
+            f"image folder {root!r} does not exist; expected <root>/<split>/<class>/*.jpg|png "
+            "(set `data_dir` to the root)."
+        )
+    split_names = _subfolders(root)
+    if not split_names:
+        raise DataError(f"image folder {root!r} has no split folders such as {root}/train/.")
+    for split in split_names:
+        if _images_in(os.path.join(root, split)):
+            raise DataError(
+                f"{os.path.join(root, split)} holds images directly, so {root} looks like a "
+                f"split, not the root: the layout is ROOT/<split>/<class>/<image> (e.g. "
+                f"ROOT/train/cat/0001.jpg)."
+            )
+    if splits is not None:
+        missing = [s for s in splits if s not in split_names]
+        if missing:
+            raise DataError(
+                f"image folder {root!r} has no {missing[0]!r} split (it has {split_names})."
+            )
+        split_names = list(splits)
+    found = {s: _subfolders(os.path.join(root, s)) for s in split_names}
+    if classes is None:
+        classes = found["train"] if "train" in found else sorted(set().union(*found.values()))
+    classes = tuple(classes)
+    files: dict[str, list[tuple[str, int]]] = {}
+    for split, names in found.items():
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise DataError(
+                f"{os.path.join(root, split)} has class folders {unknown} that are not among "
+                f"the classes {list(classes)}."
+            )
+        files[split] = []
+        for name in names:
+            images = _images_in(os.path.join(root, split, name))
+            if not images:
+                raise DataError(
+                    f"class folder {os.path.join(root, split, name)} holds no images "
+                    f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its images."
+                )
+            label = classes.index(name)
+            files[split] += [(os.path.join(split, name, f), label) for f in images]
+    if "train" in files and len(found["train"]) < 2:
+        raise DataError(
+            f"{os.path.join(root, 'train')} has {len(found['train'])} class folder(s): a "
+            "classifier needs at least two classes."
+        )
+    return FolderIndex(root, classes, files)
+
+
+def _decode(path: str, image_size: int | None):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if image_size:
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im, np.uint8), None
+    except (OSError, ValueError, SyntaxError) as err:  # what Pillow raises for bad files
+        return None, str(err) or type(err).__name__
+
+
+def read_split(
+    index: FolderIndex, split: str, image_size: int | None, skip_bad: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decodes one split: (images (N, H, W, 3) uint8, labels (N,), number of files skipped)."""
+    entries = index.files[split]
+    paths = [os.path.join(index.root, rel) for rel, _ in entries]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=256))
+    good, bad = [], []
+    for (array, error), path, (_, label) in zip(decoded, paths, entries, strict=True):
+        if error is None:
+            good.append((array, path, label))
+        else:
+            bad.append((path, error))
+    if bad and not skip_bad:
+        path, error = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"cannot decode {path}{more}: {error}. Remove it, or set skip_bad_images=True to "
+            "skip such files with a warning."
+        )
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} image(s) that cannot be decoded, e.g. {bad[0][0]}.", stacklevel=2
+        )
+    if not good:
+        raise DataError(f"{os.path.join(index.root, split)} holds no images that can be decoded.")
+    shapes = [a.shape for a, _, _ in good]
+    common = max(set(shapes), key=shapes.count)
+    for array, path, _ in good:
+        if array.shape != common:
+            raise DataError(
+                f"images of different sizes: {path} is {array.shape[1]}x{array.shape[0]} while "
+                f"most are {common[1]}x{common[0]}; set `image_size` to resize them all."
+            )
+    images = np.stack([a for a, _, _ in good])
+    return images, np.asarray([label for _, _, label in good], np.int32), len(bad)

@@ -1,0 +1,197 @@
+"""The workdir as the record of one run: one writer at a time, its config, its history.
+
+* :class:`WorkdirLock`: an exclusive ``flock`` on ``<workdir>/.lock`` for the life of the
+  process (the kernel releases it when the process dies, ``kill -9`` included); a second run
+  gets an error naming the holder's pid.
+* :func:`check_config`: a run resumes only with the config it was started with; what differs
+  is listed, and ``allow_config_change=True`` accepts it and records it.
+* :func:`truncate_history`: on resume, ``metrics.jsonl`` rows past the restored step (written
+  after the last checkpoint by a run that was then killed) are dropped, so that no step is
+  recorded twice.
+* :func:`save_timing` / :func:`load_timing`: training and compile seconds so far, kept beside
+  each checkpoint so that a resumed run reports the whole run's time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from typing import Any
+
+from cnnjax.errors import CheckpointError, ConfigError
+
+# Fields that say how a run is carried out, not what it computes: they may change on resume.
+OPERATIONAL = (
+    "progress",
+    "log_every_steps",
+    "eval_batch_size",
+    "eval_every_epochs",
+    "checkpoint_every_epochs",
+    "keep_checkpoints",
+    "num_devices",
+    "parallel",
+    "data_cache",
+    "allow_config_change",
+)
+
+
+def prepare(workdir: str) -> None:
+    """Creates ``workdir`` and checks that files can be written there, before anything is
+    loaded; raises ConfigError naming the problem."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"`workdir` {workdir!r} exists and is not a directory.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"`workdir` {workdir!r} cannot be written: {(err.strerror or str(err)).lower()}."
+        ) from None
+
+
+class WorkdirLock:
+    """Exclusive lock on a workdir while a run writes to it (``with WorkdirLock(dir): ...``)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.path, self.enabled, self.file = os.path.join(workdir, ".lock"), enabled, None
+
+    def __enter__(self) -> WorkdirLock:
+        if not self.enabled:
+            return self
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"  # written by the holder
+            self.file.close()
+            self.file = None
+            raise ConfigError(
+                f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a workdir "
+                "at a time. Wait for it to finish (or stop it), or use another --workdir."
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.truncate(0)  # no holder any more (a killed process leaves its line)
+            self.file.close()  # closing releases the lock
+            self.file = None
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"field: old -> new"`` for every field that defines the run and differs."""
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        if key in OPERATIONAL:
+            continue
+        old, new = saved.get(key, "(unset)"), wanted.get(key, "(unset)")
+        if old != new:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def check_config(workdir: str, config, resuming: bool) -> None:
+    """Refuses to resume ``workdir`` with a config that differs from the one it was started
+    with, unless ``config.allow_config_change``; then the change is appended to
+    ``config_changes.jsonl``. Writes ``config.json`` (the config in force)."""
+    path = os.path.join(workdir, "config.json")
+    wanted = json.loads(config.to_json_best_effort(sort_keys=True))
+    if resuming and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changes = config_differences(saved, wanted)
+        if changes and not config.allow_config_change:
+            raise ConfigError(
+                f"{workdir} holds a run started with another config; it differs in "
+                + "; ".join(changes)
+                + ". Resume with the same config, use another --workdir, or pass "
+                "--config.allow_config_change=True to continue with the new one (the change "
+                "is recorded in config_changes.jsonl)."
+            )
+        if changes:
+            with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+                f.write(json.dumps({"time": time.time(), "changes": changes}) + "\n")
+    _write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def save_data_info(workdir: str, dataset, norm) -> None:
+    """``data.json``: what evaluating the run needs of its data: class names (label order),
+    image shape and the normalisation its steps apply."""
+    info = {
+        "dataset": dataset.name,
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.class_names),
+        "image_shape": list(dataset.image_shape),
+        "norm": {"scale": norm.scale, "mean": list(norm.mean), "std": list(norm.std)},
+    }
+    _write_atomically(os.path.join(workdir, "data.json"), json.dumps(info, indent=2) + "\n")
+
+
+def load_data_info(workdir: str) -> dict | None:
+    """The run's ``data.json`` (None for runs written before it existed)."""
+    path = os.path.join(workdir, "data.json")
+    return _read_json(path) if os.path.exists(path) else None
+
+
+def truncate_history(workdir: str, step: int) -> int:
+    """Drops ``metrics.jsonl`` rows after ``step``, and a final-results row (it is written
+    again when the run finishes); returns how many were dropped."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    rows = [json.loads(line) for line in lines]
+    kept = [
+        line
+        for line, row in zip(lines, rows, strict=True)
+        if row["step"] <= step and "num_params" not in row
+    ]
+    if len(kept) != len(lines):
+        _write_atomically(path, "".join(kept))
+    return len(lines) - len(kept)
+
+
+def save_timing(workdir: str, step: int, timing: dict[str, float]) -> None:
+    """Records the run's cumulative seconds at checkpoint ``step``."""
+    path = os.path.join(workdir, "timing.json")
+    table = _read_json(path)
+    table[str(step)] = timing
+    _write_atomically(path, json.dumps(table, indent=1, sort_keys=True))
+
+
+def load_timing(workdir: str, step: int) -> dict[str, float]:
+    """The cumulative seconds recorded at checkpoint ``step`` (zeros when there are none)."""
+    return _read_json(os.path.join(workdir, "timing.json")).get(
+        str(step), {"train_seconds": 0.0, "compile_seconds": 0.0, "eval_seconds": 0.0}
+    )
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}.") from None

@@ -1,0 +1,214 @@
+"""The fast-network study's measurements, table and plots (``pool_vs_stride.py:fast``).
+
+Per variant: accuracy with and without test-time augmentation (mean ± std over seeds), the
+paired difference to ``pool`` (same seed, hence same initialisation draws and data order) with
+a 95 % Student-t confidence interval, parameters, FLOPs, receptive field of the last spatial
+map, training speed and time, and shift invariance: consistency under two random translations
+of up to 4 px, and accuracy when every image is moved by 1, 2 and 4 px.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+from experiments import _bench
+
+# Two-sided 95 % quantiles of Student's t with 1..30 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_quantile(dof: int) -> float:
+    """The 0.975 quantile of Student's t (1.96 beyond 30 degrees of freedom)."""
+    return _T975[dof - 1] if 1 <= dof <= len(_T975) else 1.96
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (nan for one value)."""
+    n = len(values)
+    if n < 2:
+        return values[0], math.nan
+    return statistics.mean(values), t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+def translation(workdir: str) -> dict[str, float]:
+    """The run's shift measurements on its validation split, computed once and kept in
+    ``translation.json`` (the run's checkpoint is what they describe)."""
+    path = os.path.join(workdir, "translation.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from cnnjax.train import load_run, translation_report
+
+    _, engine, state, data = load_run(workdir)
+    split = data.splits["validation" if "validation" in data.splits else "test"]
+    report = translation_report(engine.fns, state, split.images, split.labels)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def _field(variant: str, train) -> str:
+    from cnnjax import models
+    from experiments.model_table import last_spatial_field
+
+    # The same geometry with the blur's reflect padding as zeros: the analysis follows pads,
+    # not the reversals that mirror images.
+    extra = {"blur_padding": "zeros"} if variant == "blurpool" else {}
+    model = models.get_model(train.model, downsample=variant, width=train.width, **extra)
+    size = train.image_size or 32
+    rf = last_spatial_field(model, (1, size, size, 3 if train.dataset != "digits" else 1))
+    return f"{rf.size[0]}x{rf.size[1]} (stride {rf.stride[0]})"
+
+
+def _best(record: dict) -> float:
+    """The run's TTA accuracy in % (its plain accuracy if it evaluated without TTA)."""
+    results = record["results"]
+    return 100 * results.get("val_tta_accuracy", results["val_accuracy"])
+
+
+def _speed(record: dict) -> float:
+    return statistics.mean(
+        e["train_images_per_sec"] for e in record["epochs"] if "train_images_per_sec" in e
+    )
+
+
+def summarize(config, records: list[dict]) -> list[dict]:
+    """One row per variant; differences are paired with ``pool`` by seed."""
+    by_variant: dict[str, dict[int, dict]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+    base = by_variant.get("pool", {})
+    rows = []
+    for variant, runs in by_variant.items():
+        res = [r["results"] for r in runs.values()]
+        acc = [100 * x["val_accuracy"] for x in res]
+        tta = [_best(r) for r in runs.values()]
+        paired = [_best(runs[s]) - _best(base[s]) for s in runs if s in base]
+        shift = [r["translation"] for r in runs.values()]
+        speeds = [_speed(r) for r in runs.values()]
+        row = dict(
+            variant=variant,
+            seeds=len(res),
+            tta=tta,
+            acc=acc,
+            diff=mean_ci(paired) if paired and variant != "pool" else None,
+            params=int(res[0]["num_params"]),
+            mflops=res[0]["flops_per_image"] / 1e6,
+            field=_field(variant, config.train),
+            images_per_sec=statistics.mean(speeds),
+            train_seconds=statistics.mean(x["train_seconds"] for x in res),
+            consistency=[100 * t["consistency"] for t in shift],
+        )
+        for k in (1, 2, 4):
+            row[f"shift{k}"] = [100 * t[f"shift{k}_accuracy"] for t in shift]
+        rows.append(row)
+    return rows
+
+
+HEADER = [
+    "downsampling",
+    "TTA accuracy (%)",
+    "accuracy (%)",
+    "Δ TTA vs pool (95 % CI)",
+    "seeds",
+    "parameters",
+    "MFLOPs/image",
+    "receptive field",
+    "train img/s",
+    "train time (s)",
+    "consistency (%)",
+    "acc. shifted 1 / 2 / 4 px (%)",
+]
+
+
+def _pm(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        diff = "-" if r["diff"] is None else f"{r['diff'][0]:+.2f} ± {r['diff'][1]:.2f}"
+        shifted = " / ".join(f"{statistics.mean(r[f'shift{k}']):.1f}" for k in (1, 2, 4))
+        out.append(
+            [
+                r["variant"],
+                _pm(r["tta"]),
+                _pm(r["acc"]),
+                diff,
+                str(r["seeds"]),
+                f"{r['params']:,}",
+                f"{r['mflops']:.0f}",
+                r["field"],
+                f"{r['images_per_sec']:.0f}",
+                f"{r['train_seconds']:.0f}",
+                _pm(r["consistency"]),
+                shifted,
+            ]
+        )
+    return out
+
+
+def plot(records: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}
+    paths = []
+    for name, xkey, xlabel in (
+        ("accuracy_vs_epoch.png", "epoch", "epoch"),
+        ("accuracy_vs_time.png", "elapsed_seconds", "training seconds"),
+    ):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for v in variants:
+            runs = [r for r in records if r["variant"] == v]
+            n = min(len(r["epochs"]) for r in runs)
+            xs = np.mean([[e[xkey] for e in r["epochs"][:n]] for r in runs], axis=0)
+            ys = np.mean([[100 * e["val_accuracy"] for e in r["epochs"][:n]] for r in runs], 0)
+            ax.plot(xs, ys, marker="o", markersize=3, color=colors[v], label=v)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation accuracy (%), mean over seeds")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, name))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in records:
+        ax.scatter(_best(r), 100 * r["translation"]["consistency"], color=colors[r["variant"]])
+    for v in variants:
+        ax.scatter([], [], color=colors[v], label=v)
+    ax.set_xlabel("TTA validation accuracy (%)")
+    ax.set_ylabel("shift consistency (%)")
+    ax.set_title("one point per run")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "consistency_vs_accuracy.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_outputs(config, records: list[dict]) -> dict:
+    rows = summarize(config, records)
+    out_dir = config.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    table = _bench.markdown_table(HEADER, table_rows(rows))
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    _bench.write_csv(os.path.join(out_dir, "table.csv"), HEADER, table_rows(rows))
+    with open(os.path.join(out_dir, "study.json"), "w") as f:
+        json.dump({"config": json.loads(config.to_json_best_effort()), "rows": rows}, f, indent=2)
+    return {"table": table, "out_dir": out_dir, "plots": plot(records, out_dir)}
