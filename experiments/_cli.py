@@ -5,8 +5,25 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import NoReturn
 
 from absl import flags, logging
+
+
+def fail(err: BaseException) -> NoReturn:
+    """Exits with ``error: <message>``, one line. Orbax leaves asyncio callbacks behind when
+    a checkpoint cannot be read, which would print "Event loop is closed" tracebacks at exit;
+    those are muted, anything else that happens at exit is still reported."""
+
+    def hook(unraisable):
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and "loop is closed" in str(unraisable.exc_value)
+        ):
+            sys.__unraisablehook__(unraisable)
+
+    sys.unraisablehook = hook
+    sys.exit(f"error: {err}")
 
 
 def quiet_unless_verbose() -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
 from absl import app, flags
 
-from experiments._cli import parse_flags, quiet_unless_verbose
+from experiments._cli import fail, parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -48,7 +47,7 @@ def main(argv):
             tta=FLAGS.tta,
         )
     except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
-        sys.exit(f"error: {err}")
+        fail(err)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"eval_{out['dataset']}_{out['split']}_{out['step']}")
     path = os.path.join(FLAGS.workdir, name + ".json")
     with open(path, "w") as f:

@@ -8,13 +8,11 @@ Multi-host: ``--coordinator_address=host:port --num_processes=N --process_id=i``
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from cnnjax import parallel
-from experiments._cli import parse_flags, quiet_unless_verbose
+from experiments._cli import fail, parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -40,7 +38,7 @@ def main(argv):
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
-        sys.exit(f"error: {err}")
+        fail(err)
 
 
 def run():

@@ -445,3 +445,78 @@ def test_programs_run_from_any_directory_and_config_typos_are_one_line(tmp_path)
     )
     assert typo.returncode != 0 and "Traceback" not in typo.stderr
     assert "error: --config: unknown config argument 'qiuck'" in typo.stderr
+
+
+def test_a_corrupt_checkpoint_from_the_command_line_is_one_line(trained, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained[0], workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    with train.Checkpoints(ckpt_dir) as ckpts:
+        latest, earlier = ckpts.latest_step(), sorted(ckpts.all_steps())[-2]
+    for root, _, files in os.walk(os.path.join(ckpt_dir, str(latest))):
+        for name in files:
+            if "manifest" not in name and not name.startswith("_"):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"checkpoint of step {latest}" in errors[0]
+    assert "Traceback" not in proc.stderr and "loop is closed" not in proc.stderr
+    if "is corrupt" in errors[0]:  # an integrity failure names the fallback
+        assert f"to resume from step {earlier}" in errors[0]
+
+
+def test_evaluate_a_run_on_a_folder_that_has_only_a_test_split(trained, tmp_path):
+    from PIL import Image
+
+    workdir, _ = trained
+    dataset = load_dataset("digits", image_size=16)
+    test = dataset.splits["test"]
+    root = tmp_path / "only_test"
+    for label in (3, 7):  # two of the run's ten classes, as a small test set may have
+        folder = root / "test" / str(label)
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(test.labels == label)[:15]:
+            Image.fromarray(test.images[i, :, :, 0]).save(folder / f"{i}.png")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.evaluate",
+            f"--workdir={workdir}",
+            "--dataset=imagefolder",
+            f"--data_dir={root}",
+            "--split=test",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imagefolder/test" in proc.stdout and "30 examples" in proc.stdout
+    accuracy = float(proc.stdout.split("accuracy ")[1].split()[0])
+    assert accuracy >= 0.8  # the digits the run learned, read back through a folder
+
+
+def test_a_checkpoint_of_another_model_lists_what_differs_and_suggests_no_removal(tmp_path):
+    saved = {"params": {"head": {"kernel": np.zeros((256, 10), np.float32)}, "bn": np.ones(4)}}
+    wanted = {"params": {"head": {"kernel": np.zeros((256, 3), np.float32)}, "conv": np.ones(2)}}
+    with train.Checkpoints(str(tmp_path / "ckpt")) as ckpts:
+        ckpts.save(7, saved)
+        template = jax.tree.map(jax.numpy.asarray, wanted)
+        with pytest.raises(train.CheckpointError) as err:
+            ckpts.restore(template)
+    message = str(err.value)
+    assert "written by another model or configuration" in message
+    assert "params/head/kernel is (256, 10) float32 in the checkpoint, (256, 3) float32" in message
+    assert "params/conv is missing from the checkpoint" in message
+    assert "params/bn is in the checkpoint but not in the model" in message
+    assert "remove" not in message and "Nothing was changed" in message

@@ -108,27 +108,33 @@ def index_folder(
     return FolderIndex(root, classes, files)
 
 
-def _decode(path: str, image_size: int | None):
+def _decode(path: str, image_size: int | None, channels: int):
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = im.convert("L" if channels == 1 else "RGB")
             if image_size:
                 im = im.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im, np.uint8), None
+            return np.asarray(im, np.uint8).reshape(im.height, im.width, channels), None
     except (OSError, ValueError, SyntaxError) as err:  # what Pillow raises for bad files
         return None, str(err) or type(err).__name__
 
 
 def read_split(
-    index: FolderIndex, split: str, image_size: int | None, skip_bad: bool = False
+    index: FolderIndex,
+    split: str,
+    image_size: int | None,
+    skip_bad: bool = False,
+    channels: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Decodes one split: (images (N, H, W, 3) uint8, labels (N,), number of files skipped)."""
+    """Decodes one split: (images (N, H, W, channels) uint8, labels (N,), number of files
+    skipped). ``channels``: 3 (RGB) or 1 (grey)."""
     entries = index.files[split]
     paths = [os.path.join(index.root, rel) for rel, _ in entries]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=256))
+        decode = lambda p: _decode(p, image_size, channels)
+        decoded = list(pool.map(decode, paths, chunksize=256))
     good, bad = [], []
     for (array, error), path, (_, label) in zip(decoded, paths, entries, strict=True):
         if error is None:

@@ -123,20 +123,22 @@ def load_image_folder(
     skip_bad: bool = False,
     splits: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    channels: int = 3,
 ) -> Dataset:
     """``<root>/<split>/<class>/<image>``, decoded with Pillow (:mod:`cnnjax.data.folders`
     checks the layout and names any bad file).
 
     ``splits``: only these split folders (e.g. ``["test"]`` to evaluate, with ``classes`` the
-    trained run's label order). Decoded arrays are cached as ``.npz`` in ``cache_dir``
-    (default: ``$CNNJAX_CACHE_DIR`` or ``~/.cache/cnnjax``; ``""`` turns the cache off), keyed
-    by what defines the data: the folder's path, every file's relative path, size and
-    modification time (so class and split names too), ``image_size`` and the other arguments.
-    A second run starts in seconds; any change to the files decodes them again, and a failed
-    read caches nothing. ``dataset.source`` says which happened.
+    trained run's label order); ``channels``: 3 (RGB) or 1 (grey). Decoded arrays are cached
+    as ``.npz`` in ``cache_dir`` (default: ``$CNNJAX_CACHE_DIR`` or ``~/.cache/cnnjax``;
+    ``""`` turns the cache off), keyed by what defines the data: the folder's path, every
+    file's relative path, size and modification time (so class and split names too),
+    ``image_size`` and the other arguments. A second run starts in seconds; any change to the
+    files decodes them again, and a failed read caches nothing. ``dataset.source`` says which
+    happened.
     """
     index = folders.index_folder(root, splits, classes)
-    key = f"{image_size}|{skip_bad}|{sorted(index.files)}|{index.classes}"
+    key = f"{image_size}|{skip_bad}|{channels}|{sorted(index.files)}|{index.classes}"
     cache = _cache_path(root, key, cache_dir) if cache_dir != "" else None
     if cache is not None and os.path.exists(cache):
         with np.load(cache) as f:
@@ -145,7 +147,7 @@ def load_image_folder(
     else:
         loaded, skipped = {}, 0
         for name in index.files:
-            images, labels, bad = folders.read_split(index, name, image_size, skip_bad)
+            images, labels, bad = folders.read_split(index, name, image_size, skip_bad, channels)
             loaded[name], skipped = Split(images, labels), skipped + bad
         source = "decoded from the image files" + (f", {skipped} skipped" if skipped else "")
         if cache is not None:

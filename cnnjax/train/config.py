@@ -19,8 +19,15 @@ from cnnjax.errors import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """Every field of a training config, with its default; the comments say what each means."""
     c = ml_collections.ConfigDict()
-    # Model: a registry name and the overrides every model accepts (None = model default).
+    for section in (_model_fields, _data_fields, _optimisation_fields, _run_fields):
+        section(c)
+    return c
+
+
+def _model_fields(c: ml_collections.ConfigDict) -> None:
+    # A registry name and the overrides every model accepts (None = the model's default).
     c.model = "all_cnn_c"
     c.width = 1.0
     c.batch_norm = config_dict.placeholder(bool)
@@ -30,7 +37,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.activation = config_dict.placeholder(str)  # e.g. "gelu" (All-CNN family; default ReLU)
     c.backend = "xla"  # convolution backend of every layer: see cnnjax.ops.conv
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters
-    # Data.
+
+
+def _data_fields(c: ml_collections.ConfigDict) -> None:
     c.dataset = "digits"  # "digits", "imagefolder" (root in data_dir) or a TFDS name
     c.data_dir = config_dict.placeholder(str)
     c.image_size = config_dict.placeholder(int)  # resize to this (digits: 32 by default)
@@ -49,10 +58,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.patch_whitening = False  # set the first convolution to whiten image patches (airbench)
     c.whitening_images = 5000  # training images the patch covariance is estimated from
     c.whitening_eps = 5e-4
-    c.tta = (
-        "none"  # final evaluation also with test-time augmentation: "mirror", "mirror_translate"
-    )
-    # Optimisation.
+    # The final evaluation also with test-time augmentation: "mirror" or "mirror_translate".
+    c.tta = "none"
+
+
+def _optimisation_fields(c: ml_collections.ConfigDict) -> None:
     c.batch_size = 128  # global batch, split over devices
     c.num_epochs = 10.0  # may be fractional: the run stops after ceil(epochs · steps/epoch)
     c.optimizer = "sgd"  # "sgd" (momentum, optionally Nesterov), "adamw" or "muon"
@@ -83,7 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.lookahead_every = 0  # airbench's lookahead: every N steps (0: off)
     c.lookahead_decay = 0.95  # per step; the sync decay is decay^N · (step / total)^3
     c.ema_decay = 0.0  # evaluate with an exponential moving average of the weights (0: off)
-    # Run.
+
+
+def _run_fields(c: ml_collections.ConfigDict) -> None:
     c.seed = 0
     c.parallel = "jit"  # "jit" over a device mesh, or "pmap"
     c.num_devices = config_dict.placeholder(int)  # default: all
@@ -96,7 +108,6 @@ def default_config() -> ml_collections.ConfigDict:
     # Resuming with a config that differs from the run's is refused unless this is True (the
     # change is then recorded in the workdir's config_changes.jsonl).
     c.allow_config_change = False
-    return c
 
 
 _CHOICES = {

@@ -118,10 +118,13 @@ class _Run:
             self.say(f"{self.workdir} finished at step {self.first_step}; results in {results}.")
             return True
         self.prior = workdir_lib.load_timing(self.workdir, self.first_step)
-        if self.lead and self.first_step:
+        if self.lead:  # also at step 0: rows of a start that died before its first checkpoint
             dropped = workdir_lib.truncate_history(self.workdir, self.first_step)
             if dropped:
-                self.say(f"dropped {dropped} metric rows written after the checkpoint.")
+                self.say(
+                    f"dropped {dropped} metric rows past step {self.first_step} (written "
+                    "after its checkpoint)."
+                )
         self.say(
             f"{self.dataset.summary()}\nmodel {self.config.model}: {self.num_params:,} "
             f"parameters; {self.engine.num_devices} device(s); {self.steps_per_epoch} "

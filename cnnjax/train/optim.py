@@ -94,7 +94,7 @@ def _group_tx(config, schedule, decay: float, factor: float, until) -> Any:
     if config.optimizer == "adamw":
         return optax.adamw(rate, weight_decay=decay, mask=on)
     # airbench's coefficient is wd / lr_group: a larger group rate, a smaller coefficient.
-    coefficient = decay / factor if config.hyper_form == "per_1024" else decay
+    coefficient = decay / factor if config.hyper_form == "per_1024" and factor else decay
     parts = [optax.add_decayed_weights(coefficient, mask=on)] if coefficient else []
     momentum = config.momentum or None
     parts.append(optax.sgd(rate, momentum=momentum, nesterov=config.nesterov))
@@ -148,10 +148,14 @@ def param_labels(config) -> Callable[[Any], Any]:
         ):
             return MUON
         factor = groups.lookup(path, factors)
-        until = groups.lookup(path, epochs)
-        return f"x{1.0 if factor is None else factor:g}" + ("" if until is None else f"@{until:g}")
+        return _group_key(1.0 if factor is None else factor, groups.lookup(path, epochs))
 
     return lambda params: jax.tree.map(label, groups.param_paths(params), params)
+
+
+def _group_key(factor: float, until: float | None) -> str:
+    """The label of the group with rate multiple ``factor`` that trains until epoch ``until``."""
+    return f"x{factor:g}" + ("" if until is None else f"@{until:g}")
 
 
 def make_optimizer(
@@ -170,9 +174,8 @@ def make_optimizer(
         transforms[MUON] = _muon_tx(config, steps_per_epoch, total)
     for factor in {1.0, *(f for _, f in factors)}:
         for until in {None, *(e for _, e in epochs)}:
-            key = f"x{factor:g}" + ("" if until is None else f"@{until:g}")
             end = None if until is None else round(until * steps_per_epoch)
-            transforms[key] = _group_tx(config, schedule, decay, factor, end)
+            transforms[_group_key(factor, until)] = _group_tx(config, schedule, decay, factor, end)
     parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
     parts.append(optax.multi_transform(transforms, param_labels(config)))
     return optax.chain(*parts), schedule

@@ -68,6 +68,7 @@ def _evaluation_folder(config, info: dict, split: str | None):
         skip_bad=config.skip_bad_images,
         splits=None if split is None else [split],
         classes=info["class_names"] or None,
+        channels=info["image_shape"][-1],
     )
     if data.num_classes != info["num_classes"] and not info["class_names"]:
         raise ConfigError(
