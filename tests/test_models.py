@@ -224,3 +224,14 @@ def test_conv_backend_keyword_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="now spelled `backend`"):
         model = models.get_model("all_cnn_c", conv_backend="fft")
     assert model.backend == "fft"
+
+
+def test_inception_returns_its_branches_in_concatenation_order():
+    block = nn.Inception(4, 3, 5, 2, 3, 6)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 7))
+    variables = block.init(jax.random.key(1), x)
+    out, branches = block.apply(variables, x, return_branches=True)
+    assert list(branches) == ["1x1", "3x3", "5x5", "pool"]
+    assert [b.shape[-1] for b in branches.values()] == [4, 5, 3, 6]
+    np.testing.assert_array_equal(out, jnp.concatenate(list(branches.values()), axis=-1))
+    np.testing.assert_array_equal(out, block.apply(variables, x))

@@ -2,7 +2,15 @@
 
 from cnnjax.nn import initializers
 from cnnjax.nn._inception import Inception
-from cnnjax.nn._layers import AvgPool, Conv, ConvBNAct, GlobalAvgPool, MaxPool, he_normal
+from cnnjax.nn._layers import (
+    AvgPool,
+    Conv,
+    ConvBNAct,
+    GlobalAvgPool,
+    LocallyConnected,
+    MaxPool,
+    he_normal,
+)
 
 __all__ = [
     "AvgPool",
@@ -10,6 +18,7 @@ __all__ = [
     "ConvBNAct",
     "GlobalAvgPool",
     "Inception",
+    "LocallyConnected",
     "MaxPool",
     "he_normal",
     "initializers",

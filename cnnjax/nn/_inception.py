@@ -41,7 +41,11 @@ class Inception(nn.Module):
         return self.c1 + self.c3 + self.c5 + self.pool_proj
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False, return_branches: bool = False):
+        """(N, H, W, C) -> (N, H, W, ``features``); with ``return_branches`` also a dict of the
+        four branch outputs, ``{"1x1", "3x3", "5x5", "pool"}``, whose concatenation (in that
+        order) is the output: what the next layer reads, branch by branch."""
+
         def block(features, kernel, name):
             return ConvBNAct(
                 features,
@@ -60,5 +64,8 @@ class Inception(nn.Module):
         b5 = block(self.c5_reduce, 1, "branch5x5_reduce")(x, train)
         b5 = block(self.c5, 5, "branch5x5")(b5, train)
         bp = ops.max_pool(x, 3, 1, "SAME")
-        bp = block(self.pool_proj, 1, "pool_proj")(bp, train)
-        return jnp.concatenate([b1, b3, b5, bp.astype(b1.dtype)], axis=-1)
+        bp = block(self.pool_proj, 1, "pool_proj")(bp, train).astype(b1.dtype)
+        out = jnp.concatenate([b1, b3, b5, bp], axis=-1)
+        if return_branches:
+            return out, {"1x1": b1, "3x3": b3, "5x5": b5, "pool": bp}
+        return out

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cnnjax import ops
@@ -71,6 +72,70 @@ class Conv(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = ops.add_bias(y, bias)
+        return y
+
+
+class LocallyConnected(nn.Module):
+    """A convolution's local receptive fields without weight sharing: every output position
+    has its own kernel (:func:`cnnjax.ops.locally_connected2d`). NHWC in and out.
+
+    Attributes:
+      features: output channels.
+      kernel_size, stride, padding, dilation, padding_mode: as in :class:`Conv`.
+      use_bias: a learned bias per output position and channel, (H', W', features).
+
+    The kernel's shape, (H', W', kh, kw, Cin, features), follows from the input's size at
+    initialisation; the layer then accepts only that size.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    stride: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    dilation: int | Sequence[int] = 1
+    padding_mode: str = "zeros"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = he_normal
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(N, H, W, Cin) -> (N, H', W', features)."""
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
+        kh, kw = ops.args.as_tuple(self.kernel_size, 2, "kernel_size")
+        geom = ops.args.conv_geometry(
+            x.shape,
+            (kh, kw, x.shape[-1], self.features),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+        )
+        oh, ow = geom.out_shape[1:3]
+
+        def init(key, shape, dtype):
+            # Each position's kernel is initialised like a convolution kernel (same fan-in).
+            keys = jax.random.split(key, oh * ow)
+            per_position = jax.vmap(lambda k: self.kernel_init(k, shape[2:], dtype))(keys)
+            return per_position.reshape(shape)
+
+        kernel = self.param(
+            "kernel", init, (oh, ow, kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        dtype = self.dtype or x.dtype
+        y = ops.locally_connected2d(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            padding_mode=self.padding_mode,
+        )
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (oh, ow, self.features), self.param_dtype)
+            y = y + bias.astype(y.dtype)
         return y
 
 

@@ -11,6 +11,7 @@ from cnnjax.ops.bias import add_bias
 from cnnjax.ops.conv import BACKENDS, conv, conv2d
 from cnnjax.ops.cost import conv_cost, select_backend
 from cnnjax.ops.dense import dense_to_conv
+from cnnjax.ops.local import locally_connected2d
 from cnnjax.ops.pooling import (
     avg_pool,
     binomial_filter,
@@ -41,6 +42,7 @@ __all__ = [
     "global_avg_pool",
     "global_max_pool",
     "im2col",
+    "locally_connected2d",
     "lp_pool",
     "max_pool",
     "select_backend",
