@@ -190,3 +190,68 @@ def test_ablation_table_removes_one_piece_per_row(tmp_path):
     full = 100 * results["full"][0]["val_accuracy"]
     delta = 100 * results["no_lookahead"][0]["val_accuracy"] - full  # quick: no TTA
     assert rows[1][2] == f"{delta:+.2f}" and rows[0][2] == "-"
+
+
+def test_weight_sharing_experiment_compares_the_three_layers(tmp_path):
+    from experiments import _weight_sharing
+    from experiments.configs import weight_sharing
+
+    config = weight_sharing.get_config("quick")
+    config.out_dir = str(tmp_path)
+    config.fractions, config.seeds, config.shifts = "1.0", 1, "0,2"
+    # Digits at their own 8x8: the dense variant stays small (1,024 units per hidden layer).
+    config.train.update(dict(num_epochs=2.0, progress=False, image_size=8))
+    records = _weight_sharing.run_all(config)
+    assert [r["variant"] for r in records] == ["sharing_conv", "sharing_local", "sharing_dense"]
+    p, c = 8 * 8, 16  # positions of an 8x8 digit, hidden channels
+    head = c * 10 + 10
+    expected = {
+        "sharing_conv": (9 * 1 * c + c) + 2 * (9 * c * c + c) + head,
+        "sharing_local": (p * 9 * 1 * c + p * c) + 2 * (p * 9 * c * c + p * c) + head,
+        "sharing_dense": (p * p * c + p * c) + 2 * (p * c * p * c + p * c) + head,
+    }
+    for r in records:
+        assert int(r["results"]["num_params"]) == expected[r["variant"]]
+        # Moved by 0 px, the held-out accuracy is the run's own.
+        assert r["shifted"]["0"] == pytest.approx(r["results"]["val_accuracy"], abs=1e-9)
+    header, rows = _weight_sharing.summarize(config, records)
+    assert header[3] == "accuracy, 1 of the data (%)" and header[-1] == "shifted 2 px (%)"
+    assert [row[1] for row in rows] == [f"{v:,}" for v in expected.values()]
+    for name in _weight_sharing.plot(config, records):
+        assert _png_ok(name)
+
+
+def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):
+    import flax.linen as flax_nn
+
+    from cnnjax import train
+    from cnnjax.data import normalize
+    from experiments import _inception_branches as ib
+    from experiments.configs import inception_branches
+
+    config = inception_branches.get_config("quick")
+    config.train.update(dict(num_epochs=1.0, progress=False))
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config.train, workdir)
+    _, engine, state, data = train.load_run(workdir)
+    model, val = engine.fns.model, data.splits["validation"]
+    report = ib.analyse(model, state, val.images[:120], val.labels[:120], engine.fns.cfg.norm)
+    for key in ("weight_share", "contribution_share"):
+        for module in ib.MODULES:
+            assert sum(report[key][module].values()) == pytest.approx(1.0)
+    # The last module feeds the classifier: its weight share is the head's, by hand.
+    head = np.asarray(state.params["head"]["kernel"])
+    total = float(np.sum(head**2))
+    for branch, sl in ib.branch_slices(model.width, "inception4a").items():
+        want = float(np.sum(head[sl] ** 2)) / total
+        assert report["weight_share"]["inception4a"][branch] == pytest.approx(want, rel=1e-6)
+    # Replacing a branch by a constant changes what the network computes.
+    x = normalize(val.images[:8], engine.fns.cfg.norm)
+    variables = train.variables_of(state.params, state.batch_stats)
+    sl = ib.branch_slices(model.width, "inception3a")["1x1"]
+    with flax_nn.intercept_methods(ib._replacer("inception3a", sl, 0.0)):
+        replaced = model.apply(variables, x)
+    assert not np.allclose(replaced, model.apply(variables, x))
+    assert all(0.0 <= a <= 1.0 for m in ib.MODULES for a in report["ablated_accuracy"][m].values())
+    ib.plot(report, str(tmp_path / "branches.png"))
+    assert _png_ok(str(tmp_path / "branches.png"))

@@ -25,6 +25,7 @@ from cnnjax.models.airbench import AirBench94
 from cnnjax.models.allcnn import AllCNN
 from cnnjax.models.inception import GoogLeNetSmall, SmallInception
 from cnnjax.models.nin import NiN
+from cnnjax.models.sharing import LAYERS, SharingNet
 
 _VARIANTS = {  # All-CNN paper name -> (extra 3x3 conv per block, downsampling)
     "model": (False, "pool"),
@@ -43,6 +44,7 @@ _REGISTRY.update(
     nin=(NiN, {}),
     small_inception=(SmallInception, {}),
     googlenet_small=(GoogLeNetSmall, {}),
+    **{f"sharing_{layer}": (SharingNet, dict(layer=layer)) for layer in LAYERS},
 )
 
 
@@ -105,6 +107,7 @@ __all__ = [
     "AllCNN",
     "GoogLeNetSmall",
     "NiN",
+    "SharingNet",
     "SmallInception",
     "count_flops",
     "count_params",

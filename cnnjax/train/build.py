@@ -12,7 +12,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cnnjax import parallel
-from cnnjax.data import Dataset, Normalization, load_dataset, normalize, patch_whitening, preprocess
+from cnnjax.data import (
+    Dataset,
+    Normalization,
+    Split,
+    load_dataset,
+    normalize,
+    patch_whitening,
+    preprocess,
+)
 from cnnjax.errors import ConfigError
 from cnnjax.train import groups
 from cnnjax.train.config import build_model, check_model_config
@@ -33,6 +41,11 @@ def load_data(config) -> tuple[Dataset, Normalization]:
         cache=config.data_cache,
         skip_bad=config.skip_bad_images,
     )
+    if config.train_fraction < 1.0 and "train" in dataset.splits:
+        train = dataset.splits["train"]
+        order = np.random.default_rng(config.split_seed + 1).permutation(len(train))
+        keep = np.sort(order[: max(1, round(config.train_fraction * len(train)))])
+        dataset.splits["train"] = Split(train.images[keep], train.labels[keep])
     return preprocess(dataset, config.preprocess)
 
 

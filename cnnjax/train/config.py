@@ -45,6 +45,9 @@ def _data_fields(c: ml_collections.ConfigDict) -> None:
     c.image_size = config_dict.placeholder(int)  # resize to this (digits: 32 by default)
     c.val_fraction = 0.1  # carved from train when there is none; 0: train on all of it
     c.split_seed = 0  # the carve's seed: the same held-out images whatever the run's `seed`
+    # Train on this fraction of the training split (a fixed-seed subset; smaller fractions are
+    # subsets of larger ones).
+    c.train_fraction = 1.0
     c.data_cache = True  # image folders: reuse decoded arrays (see cnnjax.data.load_image_folder)
     c.skip_bad_images = False  # image folders: skip files that cannot be decoded (with a warning)
     c.download = False  # TFDS may download only when this is True
@@ -130,6 +133,7 @@ _RANGES = {
     "input_dropout": (0.0, 1.0, True),
     "image_size": (1, math.inf, True),
     "val_fraction": (0.0, 1.0, True),
+    "train_fraction": (0.0, 1.000001, False),
     "whitening_images": (1, math.inf, True),
     "whitening_eps": (0.0, math.inf, True),
     "crop_padding": (0, math.inf, True),
@@ -214,9 +218,9 @@ def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> No
                 f"`config.{key}` does not apply to model {config.model!r}; leave it unset "
                 f"(the model's settings: {', '.join(fields)})."
             )
-    model = build_model(config, num_classes=10)
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     try:
+        model = build_model(config, num_classes=10)
         jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     except ValueError as err:
         raise ConfigError(

@@ -1,0 +1,69 @@
+"""Which Inception branch the next layer trusts: three measures per module and branch.
+
+    python -m experiments.inception_branches --config=inception_branches:quick
+    python -m experiments.inception_branches --workdir=RUN   # a finished googlenet_small run
+
+Writes ``branches.md``, ``branches.csv``, ``branches.json`` and ``branches.png`` (module ×
+branch heat maps of the three measures of :mod:`experiments._inception_branches`) to
+``out_dir`` (or to the given workdir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _bench, _inception_branches, _runs
+from experiments._cli import fail, parse_flags, quiet_unless_verbose
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", "experiments/configs/inception_branches.py:quick", "Config file[:variant]."
+)
+flags.DEFINE_string("workdir", None, "A finished googlenet_small run to analyse (default: train).")
+
+
+def main(argv):
+    del argv
+    quiet_unless_verbose()
+    from cnnjax.errors import CnnjaxError
+    from cnnjax.train import load_run, train_and_evaluate
+
+    config = FLAGS.config
+    workdir = FLAGS.workdir
+    try:
+        if workdir is None:
+            workdir = os.path.join(config.out_dir, "run")
+            _runs.prepare_workdir(workdir, config.train)
+            if "stopped_at_step" in train_and_evaluate(config.train, workdir):
+                sys.exit("interrupted; run the same command again to resume.")
+        train, engine, state, data = load_run(workdir)
+    except CnnjaxError as err:
+        fail(err)
+    if train.model != "googlenet_small":
+        fail(f"{workdir} trained {train.model!r}; this analysis reads googlenet_small's modules.")
+    split = data.splits["validation" if "validation" in data.splits else "test"]
+    n = min(config.eval_images, len(split))
+    model = engine.fns.model
+    report = _inception_branches.analyse(
+        model, state, split.images[:n], split.labels[:n], engine.fns.cfg.norm
+    )
+    out_dir = config.out_dir if FLAGS.workdir is None else workdir
+    os.makedirs(out_dir, exist_ok=True)
+    rows = _inception_branches.table_rows(report)
+    table = _bench.markdown_table(_inception_branches.HEADER, rows)
+    with open(os.path.join(out_dir, "branches.md"), "w") as f:
+        f.write(f"accuracy on {n} held-out images: {100 * report['accuracy']:.1f} %\n\n{table}\n")
+    _bench.write_csv(os.path.join(out_dir, "branches.csv"), _inception_branches.HEADER, rows)
+    with open(os.path.join(out_dir, "branches.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    _inception_branches.plot(report, os.path.join(out_dir, "branches.png"))
+    print(f"accuracy {100 * report['accuracy']:.1f} % on {n} held-out images\n\n{table}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
