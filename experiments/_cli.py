@@ -10,29 +10,38 @@ from typing import NoReturn
 from absl import flags, logging
 
 
-def fail(err: BaseException) -> NoReturn:
-    """Exits with ``error: <message>``, one line. Orbax leaves asyncio callbacks behind when
-    a checkpoint cannot be read, which would print "Event loop is closed" tracebacks at exit;
-    those are muted, anything else that happens at exit is still reported."""
+def fail(err: BaseException | str) -> NoReturn:
+    """Exits with ``error: <message>``, one line, and status 1.
 
-    def hook(unraisable):
-        if not (
-            isinstance(unraisable.exc_value, RuntimeError)
-            and "loop is closed" in str(unraisable.exc_value)
-        ):
-            sys.__unraisablehook__(unraisable)
+    ``os._exit`` rather than ``sys.exit``: interpreter shutdown resets the hook that
+    :func:`quiet_unless_verbose` installs, and Orbax's late callbacks (below) would then print
+    tracebacks. Skipping the shutdown loses nothing: the caller's ``with`` blocks (checkpoint
+    managers, the workdir lock) exited while the exception travelled up, and the streams are
+    flushed first.
+    """
+    print(f"error: {err}", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
-    sys.unraisablehook = hook
-    sys.exit(f"error: {err}")
+
+def _mute_closed_loop(unraisable) -> None:
+    """When a checkpoint cannot be read, Orbax closes its asyncio loop while TensorStore's
+    threads still hold reads; each late completion raises "Event loop is closed" as an
+    unraisable exception, before and after the error reaches the program. Those are muted;
+    any other unraisable exception is still reported."""
+    err = unraisable.exc_value
+    if not (isinstance(err, RuntimeError) and "loop is closed" in str(err)):
+        sys.__unraisablehook__(unraisable)
 
 
 def quiet_unless_verbose() -> None:
-    """Quiet library logs (Orbax logs every file it renames at INFO) unless --verbosity is set."""
+    """Quiet library logs (Orbax logs every file it renames at INFO) unless --verbosity is set,
+    and Orbax's closed-loop noise always."""
+    sys.unraisablehook = _mute_closed_loop
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def _config_path(arg: str) -> str:

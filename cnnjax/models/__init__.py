@@ -1,6 +1,7 @@
 """The model zoo: ``get_model(name, **overrides)`` returns a Flax module.
 
-Every model takes NHWC images of any size above its minimum and is called as
+Every model except ``sharing_local`` and ``sharing_dense`` (see :func:`accepts_any_size`)
+takes NHWC images of any size above its minimum and is called as
 ``model.apply(variables, x, train=False, return_features=False)``; with
 ``return_features=True`` it returns ``(logits, features)``, a dict of named intermediate
 activations in computation order. Overrides are the module's attributes: ``width``,
@@ -51,6 +52,12 @@ _REGISTRY.update(
 def list_models() -> list[str]:
     """Names accepted by :func:`get_model`."""
     return sorted(_REGISTRY)
+
+
+def accepts_any_size(name: str) -> bool:
+    """Whether the model's weights fit every input size (False for per-position weights)."""
+    cls, defaults = _lookup(name)
+    return not (cls is SharingNet and defaults["layer"] != "conv")
 
 
 def model_fields(name: str) -> list[str]:
@@ -109,6 +116,7 @@ __all__ = [
     "NiN",
     "SharingNet",
     "SmallInception",
+    "accepts_any_size",
     "count_flops",
     "count_params",
     "get_model",

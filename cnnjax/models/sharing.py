@@ -16,6 +16,10 @@ Every variant keeps the (H, W, width) maps, so the pooling and classifier are th
 the connectivity between maps changes. The dense variant's layers have (H·W)² as many weights
 as a convolution's per channel pair, so keep the images small (16×16 gives 16.8M per hidden
 layer at width 16). Intermediates: ``hidden1`` … ``hidden3``, ``pooled``, ``logits``.
+
+Unlike the rest of the zoo, the ``local`` and ``dense`` variants accept only the image size
+they were initialised with: their weights are per position. Another size raises a
+``ValueError`` that says so.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class SharingNet(nn.Module):
         if self.layer not in LAYERS:
             raise ValueError(f"`layer` must be one of {LAYERS}, got {self.layer!r}.")
         n, h, w, _ = x.shape
+        if self.layer != "conv" and not self.is_initializing():
+            self._check_size(x.shape)
         c = scaled(16, self.width)
         feats = {}
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -67,3 +73,18 @@ class SharingNet(nn.Module):
         head = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype)
         logits = keep(feats, "logits", head(pooled))
         return (logits, feats) if return_features else logits
+
+    def _check_size(self, shape: tuple[int, ...]) -> None:
+        """Name the size mismatch before Flax reports it as a parameter-shape error."""
+        kernel = self.variables["params"]["hidden1"]["kernel"]
+        _, h, w, cin = shape
+        if self.layer == "local":
+            got, want, what = (h, w), tuple(kernel.shape[:2]), "an output map of"
+        else:
+            got, want, what = h * w * cin, kernel.shape[0], "a number of inputs of"
+        if got != want:
+            raise ValueError(
+                f"SharingNet(layer={self.layer!r}) keeps weights per position, so it accepts "
+                f"only the image size it was initialised with; its weights expect {what} "
+                f"{want} but a {h}x{w}x{cin} image gives {got}."
+            )
