@@ -143,6 +143,18 @@ def test_resuming_with_another_config_is_refused_and_nothing_is_changed(trained,
     assert _tree_files(workdir) == before
 
 
+def test_a_field_added_after_a_run_counts_as_changed_only_off_its_default():
+    from cnnjax.train.workdir import config_differences
+
+    wanted = json.loads(quick().to_json_best_effort())
+    saved = {k: v for k, v in wanted.items() if k != "train_fraction"}  # a run from before it
+    assert config_differences(saved, wanted) == []
+    assert config_differences(saved, {**wanted, "train_fraction": 0.5}) == [
+        "train_fraction: '(unset)' -> 0.5"
+    ]
+    assert config_differences({**saved, "mixup": 0.2}, wanted) == ["mixup: 0.2 -> '(unset)'"]
+
+
 def _cli(workdir, *extra):
     return [
         sys.executable,

@@ -92,14 +92,22 @@ class WorkdirLock:
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """``"field: old -> new"`` for every field that defines the run and differs."""
+    """``"field: old -> new"`` for every field that defines the run and differs.
+
+    A field that a later cnnjax added (absent from ``saved``) counts as unchanged when it is
+    wanted at its default: new fields default to the behaviour that runs had before them.
+    """
+    from cnnjax.train.config import default_config
+
+    defaults = json.loads(default_config().to_json_best_effort())
     out = []
     for key in sorted(set(saved) | set(wanted)):
         if key in OPERATIONAL:
             continue
-        old, new = saved.get(key, "(unset)"), wanted.get(key, "(unset)")
+        new = wanted.get(key, "(unset)")
+        old = saved.get(key, defaults.get(key, "(unset)"))
         if old != new:
-            out.append(f"{key}: {old!r} -> {new!r}")
+            out.append(f"{key}: {saved.get(key, '(unset)')!r} -> {new!r}")
     return out
 
 
