@@ -44,6 +44,9 @@ def quiet_unless_verbose() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
 def _config_path(arg: str) -> str:
     """``--config=airbench`` or ``--config=airbench.py:quick`` names a file of
     ``experiments/configs`` from any directory; an existing path is left alone."""
