@@ -214,6 +214,26 @@ def test_blur_pool_matches_a_direct_loop(stride, size, mode):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "zeros", "circular"])
+def test_blur_pool_gradient_matches_the_depthwise_convolution(mode):
+    # The op is written as strided slices; the same linear map as a depthwise convolution
+    # through cnnjax.ops.conv is an independent path for values and input gradients.
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 9, 8, 3)), jnp.float32)
+    taps = ops.binomial_filter(3)
+    w = jnp.asarray(np.multiply.outer(taps, taps)[:, :, None, None] * np.ones((1, 3)), jnp.float32)
+
+    def depthwise(x):
+        return ops.conv(x, w, stride=2, padding="SAME", groups=3, padding_mode=mode)
+
+    got, vjp = jax.vjp(lambda x: ops.blur_pool(x, 2, 3, mode), x)
+    want, vjp_want = jax.vjp(depthwise, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g = jnp.asarray(rng.standard_normal(got.shape), jnp.float32)
+    np.testing.assert_allclose(vjp(g)[0], vjp_want(g)[0], rtol=1e-5, atol=1e-6)
+    assert ops.blur_pool(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_blur_pool_keeps_constants_and_checks_size():
     x = np.full((1, 6, 6, 2), 3.0, np.float32)
     np.testing.assert_allclose(ops.blur_pool(x), 3.0, rtol=1e-6)  # a low-pass filter sums to 1

@@ -20,7 +20,6 @@ from jax import lax
 
 from cnnjax.ops import args
 from cnnjax.ops.args import PaddingLike
-from cnnjax.ops.conv import conv
 
 
 def _window_args(x, window, stride, padding, name="window"):
@@ -148,11 +147,23 @@ def blur_pool(
     args.check_float(x, "x")
     if jnp.ndim(x) < 3:
         raise ValueError(f"`x` must have rank >= 3 (N, *spatial, C), got shape {jnp.shape(x)}.")
-    nd, c = jnp.ndim(x) - 2, x.shape[-1]
+    nd = jnp.ndim(x) - 2
+    strides = args.as_tuple(stride, nd, "stride")
     taps = binomial_filter(size)
-    kernel = functools.reduce(np.multiply.outer, [taps] * nd)  # separable: outer product
-    w = jnp.asarray(kernel.reshape(*kernel.shape, 1, 1) * np.ones((1, c)), x.dtype)
-    return conv(x, w, stride=stride, padding="SAME", groups=c, padding_mode=padding_mode)
+    outs = [-(-n // s) for n, s in zip(x.shape[1:-1], strides, strict=True)]
+    totals = [
+        max((o - 1) * s + size - n, 0) for o, s, n in zip(outs, strides, x.shape[1:-1], strict=True)
+    ]
+    x = args.pad_input(x, [(t // 2, t - t // 2) for t in totals], padding_mode)
+    # One axis at a time, as weighted sums of strided slices: elementwise work that XLA fuses,
+    # where the same filter as a depthwise convolution (feature_group_count = C) was slow on
+    # XLA:CPU (perf_notes, "blur_pool").
+    for axis, (o, s) in enumerate(zip(outs, strides, strict=True), start=1):
+        x = sum(
+            float(t) * lax.slice_in_dim(x, k, k + (o - 1) * s + 1, s, axis)
+            for k, t in enumerate(taps)
+        )
+    return x
 
 
 def lp_pool(
