@@ -13,11 +13,11 @@ from absl import flags, logging
 def fail(err: BaseException | str) -> NoReturn:
     """Exits with ``error: <message>``, one line, and status 1.
 
-    ``os._exit`` rather than ``sys.exit``: interpreter shutdown resets the hook that
-    :func:`quiet_unless_verbose` installs, and Orbax's late callbacks (below) would then print
-    tracebacks. Skipping the shutdown loses nothing: the caller's ``with`` blocks (checkpoint
-    managers, the workdir lock) exited while the exception travelled up, and the streams are
-    flushed first.
+    ``os._exit`` rather than ``sys.exit``: Orbax's late callbacks (:func:`_mute_closed_loop`)
+    can still arrive while the interpreter shuts down, and ending the process at once gives
+    them nothing to print into. Skipping the shutdown loses nothing: the caller's ``with``
+    blocks (checkpoint managers, the workdir lock) exited while the exception travelled up,
+    and the streams are flushed first.
     """
     print(f"error: {err}", file=sys.stderr)
     logging.flush()
