@@ -212,7 +212,8 @@ def test_weight_sharing_experiment_compares_the_three_layers(tmp_path):
     }
     for r in records:
         assert int(r["results"]["num_params"]) == expected[r["variant"]]
-        # Moved by 0 px, the held-out accuracy is the run's own.
+        # Moved by 0 px, the held-out accuracy is the run's own: the same predictions counted
+        # twice, so the two fractions can differ only by float64 rounding of count / n.
         assert r["shifted"]["0"] == pytest.approx(r["results"]["val_accuracy"], abs=1e-9)
     header, rows = _weight_sharing.summarize(config, records)
     assert header[3] == "accuracy, 1 of the data (%)" and header[-1] == "shifted 2 px (%)"
@@ -238,13 +239,16 @@ def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):
     report = ib.analyse(model, state, val.images[:120], val.labels[:120], engine.fns.cfg.norm)
     for key in ("weight_share", "contribution_share"):
         for module in ib.MODULES:
-            assert sum(report[key][module].values()) == pytest.approx(1.0)
+            # Shares are normalised by their own total: 1 up to float64 rounding of 4 terms.
+            assert sum(report[key][module].values()) == pytest.approx(1.0, rel=1e-12)
     # The last module feeds the classifier: its weight share is the head's, by hand.
-    head = np.asarray(state.params["head"]["kernel"])
+    # By hand in float64; the program sums float32 squares with numpy's pairwise summation,
+    # whose relative error is below log2(n) * 2**-24 (< 1e-6 for n < 2**16 terms).
+    head = np.asarray(state.params["head"]["kernel"], np.float64)
     total = float(np.sum(head**2))
     for branch, sl in ib.branch_slices(model.width, "inception4a").items():
         want = float(np.sum(head[sl] ** 2)) / total
-        assert report["weight_share"]["inception4a"][branch] == pytest.approx(want, rel=1e-6)
+        assert report["weight_share"]["inception4a"][branch] == pytest.approx(want, rel=2e-6)
     # Replacing a branch by a constant changes what the network computes.
     x = normalize(val.images[:8], engine.fns.cfg.norm)
     variables = train.variables_of(state.params, state.batch_stats)
