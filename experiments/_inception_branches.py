@@ -21,19 +21,31 @@ import numpy as np
 from cnnjax import ops
 from cnnjax.models._common import scaled
 from cnnjax.models.inception import GOOGLENET_WIDTHS
+from cnnjax.nn import INCEPTION_BRANCHES as BRANCHES
 from cnnjax.nn import Inception
 from cnnjax.train import variables_of
 
-BRANCHES = ("1x1", "3x3", "5x5", "pool")
 MODULES = ("inception3a", "inception3b", "inception4a")
 _INPUT_CONVS = ("branch1x1", "branch3x3_reduce", "branch5x5_reduce", "pool_proj")
 
 
 def branch_slices(width: float, module: str) -> dict[str, slice]:
     """The channels of each branch in the module's concatenated output."""
-    c1, _, c3, _, c5, pp = (scaled(c, width) for c in GOOGLENET_WIDTHS[module[len("inception") :]])
-    edges = np.cumsum([0, c1, c3, c5, pp])
-    return {b: slice(int(edges[i]), int(edges[i + 1])) for i, b in enumerate(BRANCHES)}
+    widths = (scaled(c, width) for c in GOOGLENET_WIDTHS[module[len("inception") :]])
+    layer = Inception(*widths)
+    return {b: layer.branch_channels(b) for b in BRANCHES}
+
+
+def check_branches(names: str) -> tuple[str, ...]:
+    """The comma-separated branch names of the ``branches`` field, each one checked."""
+    picked = tuple(b.strip() for b in names.split(",") if b.strip())
+    for b in picked:
+        if b not in BRANCHES:
+            raise ValueError(
+                f"`branches` names {b!r}, which is not a branch of an Inception module; "
+                f"the branches are {', '.join(BRANCHES)}."
+            )
+    return picked or BRANCHES
 
 
 def consumers(model, module: str) -> list[tuple[tuple[str, ...], int, int]]:
@@ -92,8 +104,11 @@ def _replacer(module: str, sl: slice, value):
     return interceptor
 
 
-def analyse(model, state, images, labels, norm, batch_size: int = 250) -> dict:
-    """The three measures on ``images`` (uint8 or float, normalised here with ``norm``)."""
+def analyse(
+    model, state, images, labels, norm, branches: tuple[str, ...] = BRANCHES, batch_size=250
+) -> dict:
+    """The three measures on ``images`` (uint8 or float, normalised here with ``norm``) for
+    ``branches``; the two shares stay shares of all four branches."""
     from cnnjax.data import normalize
 
     variables = variables_of(state.params, state.batch_stats)
@@ -133,7 +148,8 @@ def analyse(model, state, images, labels, norm, batch_size: int = 250) -> dict:
     for module in MODULES:
         slices = branch_slices(model.width, module)
         ablated[module] = {
-            b: accuracy(_replacer(module, sl, means[module][..., sl])) for b, sl in slices.items()
+            b: accuracy(_replacer(module, slices[b], means[module][..., slices[b]]))
+            for b in branches
         }
         totals = dict.fromkeys(BRANCHES, 0.0)
         for path, stride, padding in consumers(model, module):
@@ -148,10 +164,12 @@ def analyse(model, state, images, labels, norm, batch_size: int = 250) -> dict:
                     )
                 totals[b] += float(np.mean(np.abs(np.asarray(part))))
         total = sum(totals.values())
-        contribution[module] = {b: v / total for b, v in totals.items()}
+        contribution[module] = {b: totals[b] / total for b in branches}
+    shares = weight_shares(model, state.params)
     return {
         "accuracy": base,
-        "weight_share": weight_shares(model, state.params),
+        "branches": list(branches),
+        "weight_share": {m: {b: shares[m][b] for b in branches} for m in MODULES},
         "ablated_accuracy": ablated,
         "contribution_share": contribution,
     }
@@ -169,19 +187,20 @@ def plot(report: dict, path: str) -> None:
         ("ablated_accuracy", "accuracy drop when mean-replaced (points)", None),
         ("contribution_share", "share of |contribution| (%)", 100.0),
     )
+    branches = report["branches"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, title, scale) in zip(axes, panels, strict=True):
         if scale is None:
             grid = [
-                [100 * (report["accuracy"] - report[key][m][b]) for b in BRANCHES] for m in MODULES
+                [100 * (report["accuracy"] - report[key][m][b]) for b in branches] for m in MODULES
             ]
         else:
-            grid = [[scale * report[key][m][b] for b in BRANCHES] for m in MODULES]
+            grid = [[scale * report[key][m][b] for b in branches] for m in MODULES]
         im = ax.imshow(grid, cmap="viridis")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=9)
-        ax.set_xticks(range(len(BRANCHES)), BRANCHES)
+        ax.set_xticks(range(len(branches)), branches)
         ax.set_yticks(range(len(MODULES)), MODULES)
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -193,7 +212,7 @@ def plot(report: dict, path: str) -> None:
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
     for m in MODULES:
-        for b in BRANCHES:
+        for b in report["branches"]:
             rows.append(
                 [
                     m,

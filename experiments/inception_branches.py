@@ -36,6 +36,10 @@ def main(argv):
     config = FLAGS.config
     workdir = FLAGS.workdir
     try:
+        branches = _inception_branches.check_branches(config.branches)
+    except ValueError as err:
+        fail(err)
+    try:
         if workdir is None:
             workdir = os.path.join(config.out_dir, "run")
             _runs.prepare_workdir(workdir, config.train)
@@ -50,7 +54,7 @@ def main(argv):
     n = min(config.eval_images, len(split))
     model = engine.fns.model
     report = _inception_branches.analyse(
-        model, state, split.images[:n], split.labels[:n], engine.fns.cfg.norm
+        model, state, split.images[:n], split.labels[:n], engine.fns.cfg.norm, branches
     )
     out_dir = config.out_dir if FLAGS.workdir is None else workdir
     os.makedirs(out_dir, exist_ok=True)

@@ -199,16 +199,30 @@ def test_weight_sharing_experiment_compares_the_three_layers(tmp_path):
     config = weight_sharing.get_config("quick")
     config.out_dir = str(tmp_path)
     config.fractions, config.seeds, config.shifts = "1.0", 1, "0,2"
-    # Digits at their own 8x8: the dense variant stays small (1,024 units per hidden layer).
+    # Digits at their own 8x8: the dense variant stays small (512 units in its first layer).
     config.train.update(dict(num_epochs=2.0, progress=False, image_size=8))
     records = _weight_sharing.run_all(config)
-    assert [r["variant"] for r in records] == ["sharing_conv", "sharing_local", "sharing_dense"]
-    p, c = 8 * 8, 16  # positions of an 8x8 digit, hidden channels
+    assert [r["variant"] for r in records] == [
+        "sharing_conv",
+        "sharing_local",
+        "sharing_dense",
+        "sharing_conv_wide",
+    ]
+    # Stride 2 maps an 8x8 digit to 4x4, 2x2, 1x1 positions (p0 .. p3) of c channels.
+    (p0, p1, p2, p3), c = (64, 16, 4, 1), 32
     head = c * 10 + 10
     expected = {
         "sharing_conv": (9 * 1 * c + c) + 2 * (9 * c * c + c) + head,
-        "sharing_local": (p * 9 * 1 * c + p * c) + 2 * (p * 9 * c * c + p * c) + head,
-        "sharing_dense": (p * p * c + p * c) + 2 * (p * c * p * c + p * c) + head,
+        "sharing_local": (p1 * 9 * 1 * c + p1 * c)
+        + (p2 * 9 * c * c + p2 * c)
+        + (p3 * 9 * c * c + p3 * c)
+        + head,
+        "sharing_dense": (p0 * p1 * c + p1 * c)
+        + (p1 * c * p2 * c + p2 * c)
+        + (p2 * c * p3 * c + p3 * c)
+        + head,
+        # 116 channels: as many parameters as the locally connected network on CIFAR-10.
+        "sharing_conv_wide": (9 * 116 + 116) + 2 * (9 * 116 * 116 + 116) + 116 * 10 + 10,
     }
     for r in records:
         assert int(r["results"]["num_params"]) == expected[r["variant"]]
@@ -220,6 +234,14 @@ def test_weight_sharing_experiment_compares_the_three_layers(tmp_path):
     assert [row[1] for row in rows] == [f"{v:,}" for v in expected.values()]
     for name in _weight_sharing.plot(config, records):
         assert _png_ok(name)
+
+
+def test_an_unknown_inception_branch_lists_the_branches():
+    from experiments import _inception_branches as ib
+
+    assert ib.check_branches("pool, 3x3") == ("pool", "3x3")
+    with pytest.raises(ValueError, match=r"names '7x7'.*the branches are 1x1, 3x3, 5x5, pool\."):
+        ib.check_branches("1x1,7x7")
 
 
 def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):
@@ -237,6 +259,17 @@ def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):
     _, engine, state, data = train.load_run(workdir)
     model, val = engine.fns.model, data.splits["validation"]
     report = ib.analyse(model, state, val.images[:120], val.labels[:120], engine.fns.cfg.norm)
+    # Two branches only: the same numbers for them (shares of all four), the others left out.
+    two = ib.analyse(
+        model, state, val.images[:120], val.labels[:120], engine.fns.cfg.norm, ("pool", "1x1")
+    )
+    for key in ("weight_share", "ablated_accuracy", "contribution_share"):
+        for module in ib.MODULES:
+            assert two[key][module] == {b: report[key][module][b] for b in ("pool", "1x1")}
+    assert [row[:2] for row in ib.table_rows(two)][:2] == [
+        ["inception3a", "pool"],
+        ["inception3a", "1x1"],
+    ]
     for key in ("weight_share", "contribution_share"):
         for module in ib.MODULES:
             # Shares are normalised by their own total: 1 up to float64 rounding of 4 terms.

@@ -96,13 +96,41 @@ def test_forward_materialises_one_copy_of_the_patches():
 def test_argument_errors_name_the_argument():
     x = jnp.zeros((1, 6, 6, 2))
     with pytest.raises(ValueError, match=r"`w` must have rank 6 \(H', W', kh, kw, Cin, Cout\)"):
-        ops.locally_connected2d(x, jnp.zeros((3, 3, 2, 4)))
+        ops.locally_connected2d(x, jnp.zeros((3, 3, 2, 4)), padding="VALID")
     with pytest.raises(ValueError, match=r"`w` must have shape \(4, 4, 3, 3, 2, 4\)"):
-        ops.locally_connected2d(x, jnp.zeros((6, 6, 3, 3, 2, 4)))
+        ops.locally_connected2d(x, jnp.zeros((6, 6, 3, 3, 2, 4)), padding="VALID")
     with pytest.raises(ValueError, match="channel mismatch"):
-        ops.locally_connected2d(x, jnp.zeros((4, 4, 3, 3, 3, 4)))
+        ops.locally_connected2d(x, jnp.zeros((4, 4, 3, 3, 3, 4)), padding="VALID")
     with pytest.raises(TypeError, match="must share a dtype"):
-        ops.locally_connected2d(x, jnp.zeros((4, 4, 3, 3, 2, 4), jnp.bfloat16))
+        ops.locally_connected2d(x, jnp.zeros((4, 4, 3, 3, 2, 4), jnp.bfloat16), padding="VALID")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(stride=0),
+        dict(dilation=(1, 1, 1)),
+        dict(padding="FULL"),
+        dict(padding=-1),
+        dict(padding_mode="mirror"),
+        dict(x_dtype=jnp.int32),
+        dict(w_dtype=jnp.bfloat16),
+        dict(kernel=(9, 9), padding="VALID"),
+    ],
+    ids=str,
+)
+def test_bad_arguments_get_conv2d_s_own_message(bad):
+    """The arguments the two ops share are checked by the same code: same error, same text."""
+    bad = dict(bad)
+    x = jnp.zeros((1, 6, 6, 2), bad.pop("x_dtype", jnp.float32))
+    kh, kw = bad.pop("kernel", (3, 3))
+    w_dtype = bad.pop("w_dtype", jnp.float32)
+    with pytest.raises((ValueError, TypeError)) as conv_error:
+        ops.conv2d(x, jnp.zeros((kh, kw, 2, 4), w_dtype), **bad)
+    # Any position grid: every one of these is refused before the grid is compared.
+    with pytest.raises(conv_error.type) as local_error:
+        ops.locally_connected2d(x, jnp.zeros((6, 6, kh, kw, 2, 4), w_dtype), **bad)
+    assert str(local_error.value) == str(conv_error.value)
 
 
 def test_module_has_a_kernel_and_bias_per_position():

@@ -240,3 +240,7 @@ def test_inception_returns_its_branches_in_concatenation_order():
     assert [b.shape[-1] for b in branches.values()] == [4, 5, 3, 6]
     np.testing.assert_array_equal(out, jnp.concatenate(list(branches.values()), axis=-1))
     np.testing.assert_array_equal(out, block.apply(variables, x))
+    for name, branch in branches.items():
+        np.testing.assert_array_equal(out[..., block.branch_channels(name)], branch)
+    with pytest.raises(ValueError, match=r"must be one of 1x1, 3x3, 5x5, pool .*got '7x7'"):
+        block.branch_channels("7x7")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnjax import ops
-from cnnjax.ops import args
+from cnnjax.ops import args, pooling
 from tests import reference
 
 GRID = list(
@@ -67,20 +67,39 @@ def test_max_pool_gradient_lands_on_first_argmax():
     np.testing.assert_allclose(g, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("window, shape", [((2, 2), (2, 9, 8, 3)), ((3, 2), (1, 7, 7, 2))])
-def test_tiled_max_pool_matches_reduce_window_with_ties_and_nans(window, shape):
-    # stride == window, no padding: the reshape path. Values in {0, 1, 2} make ties common.
+@pytest.mark.parametrize(
+    "window, stride, padding, shape",
+    [
+        ((2, 2), None, "VALID", (2, 9, 8, 3)),  # tiles, ragged end dropped
+        ((3, 2), None, "VALID", (1, 7, 7, 2)),
+        (3, 1, "SAME", (2, 8, 7, 3)),  # Inception's pool branch: overlapping, padded
+        (3, 2, 1, (1, 9, 8, 2)),  # All-CNN's 3x3 stride 2
+    ],
+)
+def test_max_pool_matches_reduce_window_with_ties_and_nans(window, stride, padding, shape):
+    # Values in {0, 1, 2} make ties common; the gradient must pick the same element as XLA's
+    # select-and-scatter. Each window sends one float; where windows overlap, an input sums
+    # up to prod(window) of them, in another order than XLA's.
     x = np.random.default_rng(4).integers(0, 3, shape).astype(np.float32)
     x[0, 0, 0, 0] = np.nan
     x[-1, -1, 0, -1] = -np.inf
-    dims, win = (1, *window, 1), (1, *window, 1)
-    ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, win, "VALID")
-    np.testing.assert_array_equal(ops.max_pool(x, window), ref(x))  # NaN where reduce_window has
+    win, strides, pads = pooling._window_args(x, window, stride, padding)
+    ref = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, win, strides, pads)
+    pool = lambda x: ops.max_pool(x, window, stride, padding)
+    np.testing.assert_array_equal(pool(x), ref(x))  # NaN where reduce_window has
     x[0, 0, 0, 0] = 1.0
     gout = np.random.default_rng(5).standard_normal(ref(x).shape).astype(np.float32)
-    got = jax.grad(lambda x: jnp.sum(ops.max_pool(x, window) * gout))(x)
+    got = jax.grad(lambda x: jnp.sum(pool(x) * gout))(x)
     want = jax.grad(lambda x: jnp.sum(ref(x) * gout))(x)
-    np.testing.assert_array_equal(got, want)  # the first maximum of each tile, as XLA's
+    # A float32 sum of n terms is within (n - 1) * 2**-24 * sum|terms| of the exact one; two
+    # orders, twice that. Zero where one window reaches an input, so tiles must match exactly.
+    n = math.prod(win)  # elements per window
+    scale = jax.grad(lambda x: jnp.sum(ref(x) * np.abs(gout)))(x)
+    np.testing.assert_array_less(np.abs(got - want), 2 * (n - 1) * 2**-24 * scale + 1e-30)
+    if stride is None:  # non-overlapping tiles: one term per input, no rounding at all
+        np.testing.assert_array_equal(got, want)
+    t = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(jax.jvp(pool, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
 
 
 def test_avg_pool_gradient_spreads_evenly():

@@ -46,6 +46,7 @@ _REGISTRY.update(
     small_inception=(SmallInception, {}),
     googlenet_small=(GoogLeNetSmall, {}),
     **{f"sharing_{layer}": (SharingNet, dict(layer=layer)) for layer in LAYERS},
+    sharing_conv_wide=(SharingNet, dict(layer="conv", channels=116)),
 )
 
 

@@ -1,6 +1,7 @@
 """Flax Linen modules. They create parameters and call :mod:`cnnjax.ops`; nothing more."""
 
 from cnnjax.nn import initializers
+from cnnjax.nn._inception import BRANCHES as INCEPTION_BRANCHES
 from cnnjax.nn._inception import Inception
 from cnnjax.nn._layers import (
     AvgPool,
@@ -13,6 +14,7 @@ from cnnjax.nn._layers import (
 )
 
 __all__ = [
+    "INCEPTION_BRANCHES",
     "AvgPool",
     "Conv",
     "ConvBNAct",

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from cnnjax import ops
 from cnnjax.nn._layers import ConvBNAct
 
+BRANCHES = ("1x1", "3x3", "5x5", "pool")  # in the order they are concatenated
+
 
 class Inception(nn.Module):
     """Four parallel branches concatenated along channels (NHWC in, NHWC out, same H and W):
@@ -40,11 +42,24 @@ class Inception(nn.Module):
     def features(self) -> int:
         return self.c1 + self.c3 + self.c5 + self.pool_proj
 
+    def branch_channels(self, branch: str) -> slice:
+        """The channels of ``branch`` ("1x1", "3x3", "5x5" or "pool") in the module's output:
+        what the next layer reads from that branch (no parameters needed, so an unbound
+        module built with the same widths answers too)."""
+        if branch not in BRANCHES:
+            raise ValueError(
+                f"`branch` must be one of {', '.join(BRANCHES)} (an Inception module's "
+                f"branches), got {branch!r}."
+            )
+        widths = dict(zip(BRANCHES, (self.c1, self.c3, self.c5, self.pool_proj), strict=True))
+        start = sum(widths[b] for b in BRANCHES[: BRANCHES.index(branch)])
+        return slice(start, start + widths[branch])
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, return_branches: bool = False):
         """(N, H, W, C) -> (N, H, W, ``features``); with ``return_branches`` also a dict of the
-        four branch outputs, ``{"1x1", "3x3", "5x5", "pool"}``, whose concatenation (in that
-        order) is the output: what the next layer reads, branch by branch."""
+        four branch outputs keyed by :data:`BRANCHES`, whose concatenation (in that order,
+        :meth:`branch_channels`) is the output: what the next layer reads, branch by branch."""
 
         def block(features, kernel, name):
             return ConvBNAct(

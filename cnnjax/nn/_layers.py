@@ -17,7 +17,29 @@ Initializer = Callable[..., jnp.ndarray]
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
 
-class Conv(nn.Module):
+class _Window(nn.Module):
+    """The attributes :class:`Conv` and :class:`LocallyConnected` share, in one place."""
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    stride: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    dilation: int | Sequence[int] = 1
+    padding_mode: str = "zeros"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = he_normal
+    bias_init: Initializer = nn.initializers.zeros
+
+    def _checked(self, x: jnp.ndarray) -> tuple[int, int]:
+        """Checks ``x`` is NHWC and returns the kernel's (kh, kw)."""
+        if jnp.ndim(x) != 4:
+            raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
+        return ops.args.as_tuple(self.kernel_size, 2, "kernel_size")
+
+
+class Conv(_Window):
     """2-d convolution layer (cross-correlation) on NHWC input; kernel HWIO.
 
     Attributes:
@@ -29,26 +51,13 @@ class Conv(nn.Module):
       param_dtype: dtype of the stored parameters.
     """
 
-    features: int
-    kernel_size: int | Sequence[int] = 3
-    stride: int | Sequence[int] = 1
-    padding: PaddingLike = "SAME"
-    dilation: int | Sequence[int] = 1
     groups: int = 1
-    padding_mode: str = "zeros"
-    use_bias: bool = True
     backend: str = "xla"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = he_normal
-    bias_init: Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, Cin) -> (N, H', W', features)."""
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
-        kh, kw = ops.args.as_tuple(self.kernel_size, 2, "kernel_size")
+        kh, kw = self._checked(x)
         cin = x.shape[-1]
         if cin % self.groups:
             raise ValueError(f"`groups`={self.groups} must divide the input channels ({cin}).")
@@ -75,7 +84,7 @@ class Conv(nn.Module):
         return y
 
 
-class LocallyConnected(nn.Module):
+class LocallyConnected(_Window):
     """A convolution's local receptive fields without weight sharing: every output position
     has its own kernel (:func:`cnnjax.ops.locally_connected2d`). NHWC in and out.
 
@@ -88,24 +97,10 @@ class LocallyConnected(nn.Module):
     initialisation; the layer then accepts only that size.
     """
 
-    features: int
-    kernel_size: int | Sequence[int] = 3
-    stride: int | Sequence[int] = 1
-    padding: PaddingLike = "SAME"
-    dilation: int | Sequence[int] = 1
-    padding_mode: str = "zeros"
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = he_normal
-    bias_init: Initializer = nn.initializers.zeros
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, Cin) -> (N, H', W', features)."""
-        if jnp.ndim(x) != 4:
-            raise ValueError(f"`x` must have rank 4 (NHWC), got shape {jnp.shape(x)}.")
-        kh, kw = ops.args.as_tuple(self.kernel_size, 2, "kernel_size")
+        kh, kw = self._checked(x)
         geom = ops.args.conv_geometry(
             x.shape,
             (kh, kw, x.shape[-1], self.features),

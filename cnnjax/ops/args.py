@@ -49,6 +49,20 @@ def check_float(x, name: str) -> None:
         )
 
 
+def check_operands(x, w, padding_mode: str) -> None:
+    """The checks every windowed product (``conv``, ``locally_connected2d``) makes of its input
+    ``x``, its weights ``w`` and its ``padding_mode``, with one set of messages."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"`padding_mode` must be one of {PADDING_MODES}, got {padding_mode!r}.")
+    check_float(x, "x")
+    check_float(w, "w")
+    if jnp.result_type(x) != jnp.result_type(w):
+        raise TypeError(
+            f"`x` and `w` must share a dtype, got {jnp.result_type(x)} and "
+            f"{jnp.result_type(w)}; cast one of them."
+        )
+
+
 def same_pads(sizes, kernel, stride, dilation) -> Pads:
     """The TensorFlow/XLA "SAME" rule: output size ceil(n / s), extra padding at the end."""
     pads = []

@@ -87,17 +87,7 @@ def conv(
     """
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
-    if padding_mode not in args.PADDING_MODES:
-        raise ValueError(
-            f"`padding_mode` must be one of {args.PADDING_MODES}, got {padding_mode!r}."
-        )
-    args.check_float(x, "x")
-    args.check_float(w, "w")
-    if jnp.result_type(x) != jnp.result_type(w):
-        raise TypeError(
-            f"`x` and `w` must share a dtype, got {jnp.result_type(x)} and "
-            f"{jnp.result_type(w)}; cast one of them."
-        )
+    args.check_operands(x, w, padding_mode)
     geom = conv_geometry(
         jnp.shape(x),
         jnp.shape(w),

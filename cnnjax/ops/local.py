@@ -23,7 +23,7 @@ def locally_connected2d(
     w: jnp.ndarray,
     *,
     stride: int | Sequence[int] = 1,
-    padding: PaddingLike = "VALID",
+    padding: PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
 ) -> jnp.ndarray:
@@ -48,17 +48,7 @@ def locally_connected2d(
             f"`w` must have rank 6 (H', W', kh, kw, Cin, Cout): one kernel per output "
             f"position, got shape {tuple(jnp.shape(w))}."
         )
-    args.check_float(x, "x")
-    args.check_float(w, "w")
-    if jnp.result_type(x) != jnp.result_type(w):
-        raise TypeError(
-            f"`x` and `w` must share a dtype, got {jnp.result_type(x)} and "
-            f"{jnp.result_type(w)}; cast one of them."
-        )
-    if padding_mode not in args.PADDING_MODES:
-        raise ValueError(
-            f"`padding_mode` must be one of {args.PADDING_MODES}, got {padding_mode!r}."
-        )
+    args.check_operands(x, w, padding_mode)
     oh, ow, kh, kw, cin, cout = w.shape
     geom = args.conv_geometry(
         x.shape, (kh, kw, cin, cout), stride=stride, padding=padding, dilation=dilation
