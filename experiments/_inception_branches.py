@@ -184,7 +184,7 @@ def plot(report: dict, path: str) -> None:
 
     panels = (
         ("weight_share", "share of next layer's |W|² (%)", 100.0),
-        ("ablated_accuracy", "accuracy drop when mean-replaced (points)", None),
+        ("ablated_accuracy", "accuracy lost, mean-replaced (points)", None),
         ("contribution_share", "share of |contribution| (%)", 100.0),
     )
     branches = report["branches"]

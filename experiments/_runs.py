@@ -24,3 +24,13 @@ def prepare_workdir(workdir: str, train) -> None:
         stale = f"{workdir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         os.rename(workdir, stale)
         print(f"== {workdir}: its config changed since it ran; moved to {stale}", flush=True)
+
+
+def subset(split, n: int, seed: int = 0):
+    """(images, labels) of ``n`` images of ``split`` drawn without replacement with a fixed
+    seed. Not the first ``n``: an image folder's held-out split is stored class by class, so
+    its first 2,000 CIFAR-10 images hold four classes."""
+    import numpy as np
+
+    picked = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
+    return split.images[picked], split.labels[picked]

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments import _runs
 from experiments._cli import quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -38,7 +39,7 @@ def run_features(workdir: str, num_images: int):
 
     config, engine, state, data = load_run(workdir)
     val = data.splits["validation"]
-    images = val.images[:num_images]
+    images, _ = _runs.subset(val, num_images)
     x = normalize(images, engine.fns.cfg.norm)
     variables = variables_of(state.params, state.batch_stats)
     _, feats = engine.fns.model.apply(variables, x, return_features=True)

@@ -53,8 +53,9 @@ def main(argv):
     split = data.splits["validation" if "validation" in data.splits else "test"]
     n = min(config.eval_images, len(split))
     model = engine.fns.model
+    images, labels = _runs.subset(split, n)
     report = _inception_branches.analyse(
-        model, state, split.images[:n], split.labels[:n], engine.fns.cfg.norm, branches
+        model, state, images, labels, engine.fns.cfg.norm, branches
     )
     out_dir = config.out_dir if FLAGS.workdir is None else workdir
     os.makedirs(out_dir, exist_ok=True)
