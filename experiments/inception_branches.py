@@ -5,7 +5,8 @@
 
 Writes ``branches.md``, ``branches.csv``, ``branches.json`` and ``branches.png`` (module ×
 branch heat maps of the three measures of :mod:`experiments._inception_branches`) to
-``out_dir`` (or to the given workdir).
+``out_dir`` (``--out_dir=`` or ``--config.out_dir=``; with ``--workdir`` and no ``--out_dir``,
+beside the run).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", "experiments/configs/inception_branches.py:quick", "Config file[:variant]."
 )
+flags.DEFINE_string(
+    "out_dir", None, "Where the runs, table and figures go (default: the config's out_dir)."
+)
 flags.DEFINE_string("workdir", None, "A finished googlenet_small run to analyse (default: train).")
 
 
@@ -34,6 +38,8 @@ def main(argv):
     from cnnjax.train import load_run, train_and_evaluate
 
     config = FLAGS.config
+    if FLAGS.out_dir:
+        config.out_dir = FLAGS.out_dir
     workdir = FLAGS.workdir
     try:
         branches = _inception_branches.check_branches(config.branches)
@@ -57,7 +63,8 @@ def main(argv):
     report = _inception_branches.analyse(
         model, state, images, labels, engine.fns.cfg.norm, branches
     )
-    out_dir = config.out_dir if FLAGS.workdir is None else workdir
+    # Beside the analysed run unless an out_dir was asked for.
+    out_dir = workdir if FLAGS.workdir and not FLAGS.out_dir else config.out_dir
     os.makedirs(out_dir, exist_ok=True)
     rows = _inception_branches.table_rows(report)
     table = _bench.markdown_table(_inception_branches.HEADER, rows)

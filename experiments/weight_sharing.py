@@ -23,12 +23,17 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", "experiments/configs/weight_sharing.py:quick", "Config file[:variant]."
 )
+flags.DEFINE_string(
+    "out_dir", None, "Where the runs, table and figures go (default: the config's out_dir)."
+)
 
 
 def main(argv):
     del argv
     quiet_unless_verbose()
     config = FLAGS.config
+    if FLAGS.out_dir:
+        config.out_dir = FLAGS.out_dir
     records = _weight_sharing.run_all(config)
     header, rows = _weight_sharing.summarize(config, records)
     table = _bench.markdown_table(header, rows)

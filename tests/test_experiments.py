@@ -236,12 +236,46 @@ def test_weight_sharing_experiment_compares_the_three_layers(tmp_path):
         assert _png_ok(name)
 
 
-def test_an_unknown_inception_branch_lists_the_branches():
+def test_analysis_subsets_draw_from_every_class_of_a_class_ordered_split():
+    from types import SimpleNamespace
+
+    from experiments import _runs
+
+    labels = np.repeat(np.arange(10), 500)  # stored class by class, like an image folder
+    split = SimpleNamespace(images=np.arange(5000)[:, None], labels=labels)
+    images, picked = _runs.subset(split, 2000)
+    assert len(picked) == 2000 and len(set(images[:, 0])) == 2000
+    assert np.array_equal(labels[images[:, 0]], picked)  # images and labels stay paired
+    counts = np.bincount(picked, minlength=10)
+    assert counts.min() > 150  # ~200 each; the first 2,000 would hold four classes only
+    assert np.array_equal(_runs.subset(split, 2000)[1], picked)  # the same draw every time
+
+
+def test_an_unknown_inception_branch_lists_the_branches(tmp_path):
     from experiments import _inception_branches as ib
 
     assert ib.check_branches("pool, 3x3") == ("pool", "3x3")
     with pytest.raises(ValueError, match=r"names '7x7'.*the branches are 1x1, 3x3, 5x5, pool\."):
         ib.check_branches("1x1,7x7")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.inception_branches",
+            "--config.branches=3x3,7x7",
+            f"--out_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: `branches` names '7x7', which is not a branch of an Inception module; "
+        "the branches are 1x1, 3x3, 5x5, pool."
+    ]
+    assert not os.listdir(tmp_path)  # refused before anything was trained or written
 
 
 def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):

@@ -47,7 +47,7 @@ def xla_conv(x, w, pads, stride, dilation, groups):
     if groups == 1 and all(k == 1 for k in w.shape[:-2]) and _unit(pads, stride):
         # A 1×1 convolution is a matrix product over channels. As a product, its forward and
         # backward pass run 4× faster on XLA:CPU (96 → 32 channels at 32×32, batch 128:
-        # 30 against 132 ms; perf_notes.md), and a GPU runs the same GEMM cuDNN would.
+        # 30 against 132 ms; perf_notes.md); on a GPU it is one GEMM either way.
         return lax.dot_general(x, w.reshape(w.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())))
     if groups == 1 and any(s > 1 for s in stride) and x.dtype == jnp.float32:
         return _strided_conv(x, w, tuple(pads), tuple(stride), tuple(dilation))
