@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 
 def same_config(workdir: str, train) -> bool:
     """Whether ``workdir`` holds a run of ``train`` (operational fields such as ``progress``
@@ -30,7 +32,5 @@ def subset(split, n: int, seed: int = 0):
     """(images, labels) of ``n`` images of ``split`` drawn without replacement with a fixed
     seed. Not the first ``n``: an image folder's held-out split is stored class by class, so
     its first 2,000 CIFAR-10 images hold four classes."""
-    import numpy as np
-
     picked = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
     return split.images[picked], split.labels[picked]

@@ -230,7 +230,12 @@ def test_blur_pool_matches_a_direct_loop(stride, size, mode):
             for a in range(size):
                 for b in range(size):
                     want[:, i, j] += taps[a] * taps[b] * xp[:, i * sh + a, j * sw + b]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The op filters one axis, then the other, each a float32 sum of `size` products with
+    # exact taps (binomial / 2**(size - 1)): at most 2 * size - 1 roundings of 2**-24 times
+    # sum(t * |x|) <= max|x| (non-negative taps summing to 1), so two passes stay within
+    # 2 * (2 * size - 1) * 2**-24 * max|x| of this float64 loop.
+    bound = 2 * (2 * size - 1) * 2**-24 * np.abs(x).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros", "circular"])
@@ -247,9 +252,17 @@ def test_blur_pool_gradient_matches_the_depthwise_convolution(mode):
 
     got, vjp = jax.vjp(lambda x: ops.blur_pool(x, 2, 3, mode), x)
     want, vjp_want = jax.vjp(depthwise, x)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Both are float32 sums with non-negative weights summing to 1 and exact taps (k/16). An
+    # n-product sum rounds at most 2n - 1 times, each by 2**-24 of sum(w * |x|) <= max|x|:
+    # the separable op's two 3-term passes 2 * 5 times, the 9-term convolution 17 times.
+    u = 2**-24
+    np.testing.assert_allclose(got, want, rtol=0, atol=(2 * 5 + 17) * u * np.abs(x).max())
     g = jnp.asarray(rng.standard_normal(got.shape), jnp.float32)
-    np.testing.assert_allclose(vjp(g)[0], vjp_want(g)[0], rtol=1e-5, atol=1e-6)
+    # Transposed, an input pixel gathers from at most 2 windows per axis, twice that where
+    # the padding mirrors or wraps it back: <= 16 products of weights summing to <= 1, so
+    # each path is within 2 * 16 * 2**-24 * max|g| of the exact gradient.
+    grad_bound = 2 * (2 * 16) * u * np.abs(g).max()
+    np.testing.assert_allclose(vjp(g)[0], vjp_want(g)[0], rtol=0, atol=grad_bound)
     assert ops.blur_pool(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
