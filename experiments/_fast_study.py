@@ -52,17 +52,34 @@ def translation(workdir: str) -> dict[str, float]:
     return report
 
 
-def _field(variant: str, train) -> str:
+def _model(variant: str, train, **extra):
     from cnnjax import models
+
+    return models.get_model(train.model, downsample=variant, width=train.width, **extra)
+
+
+def _input_shape(train) -> tuple[int, int, int]:
+    size = train.image_size or 32
+    return (size, size, 3 if train.dataset != "digits" else 1)
+
+
+def _field(variant: str, train) -> str:
     from experiments.model_table import last_spatial_field
 
     # The same geometry with the blur's reflect padding as zeros: the analysis follows pads,
     # not the reversals that mirror images.
     extra = {"blur_padding": "zeros"} if variant == "blurpool" else {}
-    model = models.get_model(train.model, downsample=variant, width=train.width, **extra)
-    size = train.image_size or 32
-    rf = last_spatial_field(model, (1, size, size, 3 if train.dataset != "digits" else 1))
+    rf = last_spatial_field(_model(variant, train, **extra), (1, *_input_shape(train)))
     return f"{rf.size[0]}x{rf.size[1]} (stride {rf.stride[0]})"
+
+
+def _mflops(variant: str, train) -> float:
+    """Forward MFLOPs per image, counted from the variant's model rather than read from the
+    runs: the same number whichever backend trained them (runs that a GPU recorded before
+    ``count_flops`` moved to the CPU backend hold a count without the convolutions)."""
+    from cnnjax import models
+
+    return models.count_flops(_model(variant, train), _input_shape(train)) / 1e6
 
 
 def _best(record: dict) -> float:
@@ -98,7 +115,7 @@ def summarize(config, records: list[dict]) -> list[dict]:
             acc=acc,
             diff=mean_ci(paired) if paired and variant != "pool" else None,
             params=int(res[0]["num_params"]),
-            mflops=res[0]["flops_per_image"] / 1e6,
+            mflops=_mflops(variant, config.train),
             field=_field(variant, config.train),
             images_per_sec=statistics.mean(speeds),
             train_seconds=statistics.mean(x["train_seconds"] for x in res),

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen
 
 from cnnjax import models, nn, receptive_field_table
 
@@ -36,6 +37,19 @@ def test_other_model_sizes():
         _abstract_vars(models.get_model("small_inception"))["params"]
     ) == pytest.approx(1.65e6, rel=0.01)
     assert 0.9e6 < models.count_params(_abstract_vars(models.get_model("nin"))["params"]) < 1.0e6
+
+
+class _ConvThenDense(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        x = linen.Conv(4, (3, 3), padding="VALID", use_bias=False)(x)
+        return linen.Dense(5, use_bias=False)(x.reshape(x.shape[0], -1))
+
+
+def test_count_flops_is_two_per_multiply_add():
+    # 3x3x3 -> 4 VALID on 8x8 gives 6x6x4 outputs of 27 multiply-adds, then 144 -> 5 dense.
+    expected = 2 * (6 * 6 * 4 * 27) + 2 * (6 * 6 * 4 * 5)
+    assert models.count_flops(_ConvThenDense(), (8, 8, 3)) == expected
 
 
 @pytest.mark.parametrize("name", models.list_models())
