@@ -163,3 +163,11 @@ def to_global(x, sharding: NamedSharding) -> jax.Array:
     rows = x.shape[0] // jax.process_count()
     local = x[jax.process_index() * rows : (jax.process_index() + 1) * rows]
     return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+
+def from_process_local(x, sharding: NamedSharding) -> jax.Array:
+    """This process's rows of a batch-sharded array as the global ``jax.Array``: the rows of
+    process ``p`` of ``P`` are rows ``[p·n, (p+1)·n)`` of the global array (n rows each)."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)

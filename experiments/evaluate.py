@@ -1,7 +1,7 @@
 """Evaluate a run's checkpoint on any dataset split.
 
     python -m experiments.evaluate --workdir=DIR [--dataset=cifar10 --data_dir=...]
-        [--split=test] [--step=N] [--tta]
+        [--split=test] [--step=N] [--tta] [--input=device|stream]
 
 Prints the accuracy and writes ``eval_<dataset>_<split>_<step>.json`` into the workdir.
 """
@@ -28,6 +28,12 @@ flags.DEFINE_bool(
     "Also evaluate with test-time augmentation (the run's views, "
     "or mirror + 1-pixel translations).",
 )
+flags.DEFINE_enum(
+    "input",
+    None,
+    ["device", "stream"],
+    "Decode the split into memory, or stream it batch by batch (default: as the run trained).",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -45,6 +51,7 @@ def main(argv):
             split=FLAGS.split,
             step=FLAGS.step,
             tta=FLAGS.tta,
+            input=FLAGS.input,
         )
     except CnnjaxError as err:  # the user's to fix; anything else is a bug and keeps its trace
         fail(err)

@@ -3,7 +3,8 @@
 Importing this package does not import TensorFlow; loading a TFDS or image-folder dataset does.
 """
 
-from cnnjax.data._types import Dataset, Split, carve_validation
+from cnnjax.data import folders
+from cnnjax.data._types import Dataset, Split, carve_indices, carve_validation, subset_indices
 from cnnjax.data.digits import load_digits
 from cnnjax.data.pipeline import (
     alternating_flips,
@@ -19,6 +20,7 @@ from cnnjax.data.preprocess import (
     global_contrast_normalize,
     patch_whitening,
     preprocess,
+    standardization,
 )
 from cnnjax.data.sources import load_dataset, load_image_folder, load_tfds
 from cnnjax.errors import DataError
@@ -33,8 +35,10 @@ __all__ = [
     "augment",
     "augment_params",
     "batch_indices",
+    "carve_indices",
     "carve_validation",
     "fit_zca",
+    "folders",
     "global_contrast_normalize",
     "load_dataset",
     "load_digits",
@@ -43,4 +47,6 @@ __all__ = [
     "normalize",
     "patch_whitening",
     "preprocess",
+    "standardization",
+    "subset_indices",
 ]

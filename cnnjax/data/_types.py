@@ -47,14 +47,28 @@ class Dataset:
         return f"{self.name}: {self.num_classes} classes, images {self.image_shape}, {sizes}{where}"
 
 
-def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Splits a fixed-seed shuffle of ``train`` into (train, validation)."""
+def carve_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): sorted row indices of a fixed-seed shuffle of ``n`` examples, the
+    first ``round(fraction · n)`` (at least one) held out. The same rows whether the split is
+    decoded in memory or streamed."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`val_fraction` must be in (0, 1), got {fraction}.")
-    order = np.random.default_rng(seed).permutation(len(train))
-    n_val = max(1, round(fraction * len(train)))
-    val, rest = order[:n_val], np.sort(order[n_val:])
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(fraction * n))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted rows of a fixed-seed ``fraction`` of ``n`` examples (``train_fraction``);
+    smaller fractions are subsets of larger ones."""
+    order = np.random.default_rng(seed + 1).permutation(n)
+    return np.sort(order[: max(1, round(fraction * n))])
+
+
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Splits a fixed-seed shuffle of ``train`` into (train, validation)."""
+    rest, val = carve_indices(len(train), fraction, seed)
     return (
         Split(train.images[rest], train.labels[rest]),
-        Split(train.images[np.sort(val)], train.labels[np.sort(val)]),
+        Split(train.images[val], train.labels[val]),
     )

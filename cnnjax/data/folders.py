@@ -108,15 +108,29 @@ def index_folder(
     return FolderIndex(root, classes, files)
 
 
-def _decode(path: str, image_size: int | None, channels: int):
+def open_image(path: str, channels: int = 3):
+    """The image at ``path`` as a loaded Pillow image in mode RGB (``channels=3``) or L (1).
+
+    Raises OSError/ValueError/SyntaxError, what Pillow raises for a file it cannot decode."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        return im.convert("L" if channels == 1 else "RGB")
+
+
+def to_array(im, image_size: int | None, channels: int = 3) -> np.ndarray:
+    """A Pillow image as (H, W, channels) uint8, first resized to ``image_size`` square
+    (bilinear) when given: the one resize both input paths use, so they see the same pixels."""
+    from PIL import Image
+
+    if image_size:
+        im = im.resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(im, np.uint8).reshape(im.height, im.width, channels)
+
+
+def _decode(path: str, image_size: int | None, channels: int):
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if image_size:
-                im = im.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im, np.uint8).reshape(im.height, im.width, channels), None
+        return to_array(open_image(path, channels), image_size, channels), None
     except (OSError, ValueError, SyntaxError) as err:  # what Pillow raises for bad files
         return None, str(err) or type(err).__name__
 

@@ -77,6 +77,14 @@ def patch_whitening(images: np.ndarray, kernel_size: int | tuple[int, int], eps:
     return np.concatenate([filters, -filters], axis=-1).astype(np.float32)
 
 
+def standardization(images: np.ndarray) -> Normalization:
+    """Per-channel mean and standard deviation of uint8 ``images`` (N, H, W, C), in [0, 1]
+    units: what ``preprocess="standardize"`` applies."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0) + 1e-6
+    return Normalization(1.0 / 255.0, tuple(map(float, mean)), tuple(map(float, std)))
+
+
 def preprocess(dataset: Dataset, method: str = "standardize") -> tuple[Dataset, Normalization]:
     """Fits ``method`` on the training split and returns the data plus what the device applies.
 
@@ -90,9 +98,7 @@ def preprocess(dataset: Dataset, method: str = "standardize") -> tuple[Dataset, 
     if method == "none":
         return dataset, Normalization(1.0 / 255.0, (0.0,) * channels, (1.0,) * channels)
     if method == "standardize":
-        pixels = train.reshape(-1, channels).astype(np.float64) / 255.0
-        mean, std = pixels.mean(axis=0), pixels.std(axis=0) + 1e-6
-        return dataset, Normalization(1.0 / 255.0, tuple(map(float, mean)), tuple(map(float, std)))
+        return dataset, standardization(train)
     shape = train.shape[1:]
     flat = lambda s: global_contrast_normalize(s.images.reshape(len(s), -1) / 255.0)
     mean, w = fit_zca(flat(dataset.splits["train"]))

@@ -176,8 +176,10 @@ def cache_dir_default() -> str:
     )
 
 
-def _cache_path(root: str, key: str, cache_dir: str | None) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{os.path.abspath(root)}|{key}".encode())
+def folder_fingerprint(root: str) -> str:
+    """A digest of what a folder holds: every file's relative path, size and modification
+    time (so a renamed class, an added or re-encoded image changes it)."""
+    digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
@@ -185,6 +187,12 @@ def _cache_path(root: str, key: str, cache_dir: str | None) -> str:
             stat = os.stat(path)
             rel = os.path.relpath(path, root)
             digest.update(f"|{rel}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _cache_path(root: str, key: str, cache_dir: str | None) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{os.path.abspath(root)}|{key}".encode())
+    digest.update(folder_fingerprint(root).encode())
     name = f"imagefolder-{digest.hexdigest()[:24]}.npz"
     return os.path.join(cache_dir or cache_dir_default(), name)
 

@@ -2,14 +2,16 @@
 
 Layers inside, each importing only those above it: ``config`` and ``optim`` (what to train
 with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compiled for devices);
-``build`` (config to engine); ``loop`` (``train_and_evaluate``); ``runs`` (reading runs back).
+``build`` (config to engine); ``feed`` (each step's batch: device-resident or streamed);
+``loop`` (``train_and_evaluate``); ``runs`` (reading runs back).
 """
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
-from cnnjax.train.build import build_engine, initial_state, load_data
+from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import build_model, check_model_config, default_config, validate_config
 from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine
+from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.loop import train_and_evaluate
 from cnnjax.train.metrics import MetricWriter, read_metrics
 from cnnjax.train.optim import make_optimizer, make_schedule
@@ -45,11 +47,13 @@ __all__ = [
     "CheckpointError",
     "Checkpoints",
     "ConfigError",
+    "DeviceFeed",
     "Engine",
     "MetricWriter",
     "NonFiniteLossError",
     "StepConfig",
     "StepFns",
+    "StreamFeed",
     "TrainState",
     "apply_grads",
     "assemble_batch",
@@ -58,11 +62,13 @@ __all__ = [
     "build_engine",
     "build_model",
     "check_model_config",
+    "choose_input",
     "default_config",
     "ema_update",
     "eval_step",
     "evaluate",
     "evaluate_checkpoint",
+    "evaluate_stream",
     "init_state",
     "initial_state",
     "load_data",
@@ -80,6 +86,7 @@ __all__ = [
     "saved_config",
     "shift_consistency",
     "shifted_accuracy",
+    "stream_spec",
     "train_and_evaluate",
     "train_step",
     "translation_report",

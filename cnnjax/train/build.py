@@ -6,6 +6,8 @@ readers of finished runs and the benchmark programs all call it.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,11 +18,15 @@ from cnnjax.data import (
     Dataset,
     Normalization,
     Split,
+    folders,
     load_dataset,
     normalize,
     patch_whitening,
     preprocess,
+    standardization,
+    subset_indices,
 )
+from cnnjax.data import stream as streaming
 from cnnjax.errors import ConfigError
 from cnnjax.train import groups
 from cnnjax.train.config import build_model, check_model_config
@@ -29,8 +35,64 @@ from cnnjax.train.optim import check_groups, make_optimizer, total_steps
 from cnnjax.train.step import StepConfig, make_step_fns
 
 
-def load_data(config) -> tuple[Dataset, Normalization]:
-    """The configured dataset, preprocessed, and the normalisation the steps apply."""
+def choose_input(config) -> tuple[str, str]:
+    """Where a run's batches come from, "device" or "stream", and why (for the run's log).
+
+    ``input="auto"`` streams when ``augment`` needs the host or the decoded training split
+    would take more than ``device_data_gb`` on each device (estimated from the number of
+    training examples and the image size, without decoding anything)."""
+    if config.input != "auto":
+        return config.input, f"`input={config.input}`"
+    if config.augment != "crop_flip":
+        return "stream", f"`augment={config.augment}` crops on the host"
+    size = _train_bytes(config)
+    budget = config.device_data_gb * 2**30
+    if size is None:
+        return "stream", "the image size is unknown until decoded; set `image_size`"
+    verdict = "over" if size > budget else "within"
+    reason = (
+        f"the decoded training split takes about {size / 2**30:.2f} GB per device, {verdict} "
+        f"`device_data_gb={config.device_data_gb:g}`"
+    )
+    return ("stream" if size > budget else "device"), reason
+
+
+def _train_bytes(config) -> int | None:
+    """Bytes of the decoded (uint8) training split, or None when the size is unknown."""
+    if config.dataset == "digits":
+        size = config.image_size or 32
+        return streaming.split_bytes(1797, (size, size, 1))
+    if config.dataset == "imagefolder":
+        index = folders.index_folder(config.data_dir)
+        files = index.files.get("train") or next(iter(index.files.values()))
+        size = config.image_size
+        if size is None:
+            first = folders.open_image(os.path.join(index.root, files[0][0]))
+            return streaming.split_bytes(len(files), (first.height, first.width, 3))
+        return streaming.split_bytes(len(files), (size, size, 3))
+    from cnnjax.data.sources import _tensorflow
+
+    _tensorflow()
+    import tensorflow_datasets as tfds
+
+    try:
+        info = tfds.builder(config.dataset, data_dir=config.data_dir).info
+        count = info.splits["train"].num_examples
+    except Exception:  # unknown, unprepared or without train: the loader says what to do
+        return 0
+    shape = info.features["image"].shape
+    if config.image_size:
+        shape = (config.image_size, config.image_size, shape[-1])
+    return None if None in shape else streaming.split_bytes(count, shape)
+
+
+def load_data(config, input: str = "device") -> tuple[Dataset, Normalization]:
+    """The configured dataset and the normalisation the steps apply: decoded in memory
+    (``input="device"``), or as sources to stream (a :class:`cnnjax.data.stream.StreamDataset`
+    whose ``"standardize"`` statistics come from :data:`NORM_SAMPLE` training images, or all
+    of an in-memory split, as on the device path)."""
+    if input == "stream":
+        return _load_stream(config)
     dataset = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -43,10 +105,54 @@ def load_data(config) -> tuple[Dataset, Normalization]:
     )
     if config.train_fraction < 1.0 and "train" in dataset.splits:
         train = dataset.splits["train"]
-        order = np.random.default_rng(config.split_seed + 1).permutation(len(train))
-        keep = np.sort(order[: max(1, round(config.train_fraction * len(train)))])
+        keep = subset_indices(len(train), config.train_fraction, config.split_seed)
         dataset.splits["train"] = Split(train.images[keep], train.labels[keep])
     return preprocess(dataset, config.preprocess)
+
+
+NORM_SAMPLE = 1000  # streamed image folders and TFDS: images the statistics are estimated on
+
+
+def _load_stream(config) -> tuple[streaming.StreamDataset, Normalization]:
+    data = streaming.open_stream(
+        config.dataset,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+        val_fraction=config.val_fraction,
+        seed=config.split_seed,
+        train_fraction=config.train_fraction,
+    )
+    if config.preprocess == "none":
+        channels = data.channels
+        return data, Normalization(1.0 / 255.0, (0.0,) * channels, (1.0,) * channels)
+    train = data.splits.get("train")
+    if train is None:
+        raise ConfigError(f"{data.name} has no training split to estimate `preprocess` on.")
+    if isinstance(train, streaming.ArraySource):
+        return data, standardization(train.images)
+    sample = streaming.sample_images(
+        train, NORM_SAMPLE, config.split_seed, stream_spec(config, data)
+    )
+    return data, standardization(sample)
+
+
+def stream_spec(
+    config, data: streaming.StreamDataset, split: str = "train"
+) -> streaming.StreamSpec:
+    """The batches ``config`` asks of ``data``'s ``split``."""
+    return streaming.StreamSpec(
+        num_examples=len(data.splits[split]) if split in data.splits else config.batch_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        image_size=data.image_size,
+        augment=config.augment,
+        crop_padding=config.crop_padding,
+        crop_mode=config.crop_mode,
+        flip=config.flip,
+        flip_mode=config.flip_mode,
+        resize=data.resize,
+        skip_bad=config.skip_bad_images,
+    )
 
 
 def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | None = None) -> Engine:
@@ -104,8 +210,13 @@ def initial_state(config, engine: Engine, dataset: Dataset, norm: Normalization)
         kernel = kernel[name]
     train = dataset.splits["train"]
     # A fixed-seed sample: the split's order may be sorted by class.
-    pick = np.random.default_rng(config.seed).permutation(len(train))[: config.whitening_images]
-    images = np.asarray(normalize(train.images[np.sort(pick)], norm))
+    if isinstance(train, Split):
+        rows = np.random.default_rng(config.seed).permutation(len(train))
+        sample = train.images[np.sort(rows[: config.whitening_images])]
+    else:  # the same rows, decoded from the stream's source
+        spec = stream_spec(config, dataset)
+        sample = streaming.sample_images(train, config.whitening_images, config.seed, spec)
+    images = np.asarray(normalize(sample, norm))
     whitening = patch_whitening(images, kernel.shape[:2], config.whitening_eps)
     if whitening.shape != kernel.shape:
         raise ConfigError(

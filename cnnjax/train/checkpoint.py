@@ -1,4 +1,9 @@
-"""Orbax checkpoints of the train state: keep the last N and the best; restore safely."""
+"""Orbax checkpoints of the train state: keep the last N and the best; restore safely.
+
+A streamed run's checkpoint holds two items written in one step: ``state`` (the train state)
+and ``input`` (the data iterator's state, JSON); a device-resident run's holds the train state
+alone, as it always has.
+"""
 
 from __future__ import annotations
 
@@ -47,10 +52,11 @@ def _differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]
 
 
 class Checkpoints:
-    """The checkpoints of one run in ``directory`` (one sub-folder per step)."""
+    """The checkpoints of one run in ``directory`` (one sub-folder per step); ``with_input``:
+    each also holds the state of the run's input iterator (streamed runs)."""
 
-    def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: str, keep: int = 3, with_input: bool = False):
+        self.directory, self.with_input = os.path.abspath(directory), with_input
         policy = pp.AnyPreservationPolicy(
             [
                 pp.LatestN(keep),
@@ -62,8 +68,13 @@ class Checkpoints:
             ]
         )
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+        handlers = (
+            {"state": ocp.StandardCheckpointHandler(), "input": ocp.JsonCheckpointHandler()}
+            if with_input
+            else ocp.StandardCheckpointHandler()
+        )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+            self.directory, options=options, item_handlers=handlers
         )
 
     def latest_step(self) -> int | None:
@@ -72,8 +83,15 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-        """Saves the state of ``step`` and waits until it is on disk.
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metrics: dict[str, float] | None = None,
+        input_state: dict | None = None,
+    ) -> None:
+        """Saves the state of ``step`` (with ``input_state``, the input iterator's, when the
+        checkpoints hold one) and waits until it is on disk.
 
         Raises:
           CheckpointError: it could not be written (a full disk, say); the message names the
@@ -83,7 +101,10 @@ class Checkpoints:
             return
         last = self.latest_step()
         try:
-            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+            args = ocp.args.StandardSave(state)
+            if self.with_input:
+                args = ocp.args.Composite(state=args, input=ocp.args.JsonSave(input_state))
+            self.manager.save(step, args=args, metrics=metrics, force=True)
             self.manager.wait_until_finished()
         except Exception as err:  # orbax/tensorstore/OS errors: all mean "not written"
             reason = _reason(err)
@@ -114,7 +135,8 @@ class Checkpoints:
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), template
         )
         try:
-            saved = _shapes(self.manager.item_metadata(step))
+            metadata = self.manager.item_metadata(step)
+            saved = _shapes(metadata["state"] if self.with_input else metadata)
         except Exception as err:  # unreadable metadata: the checkpoint itself is damaged
             raise CheckpointError(f"{where} is unreadable: {self._corrupt(step, err)}") from None
         differences = _differences(saved, _shapes(abstract))
@@ -125,10 +147,22 @@ class Checkpoints:
                 + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
                 + ". Nothing was changed; train this config in another --workdir."
             )
+        args = ocp.args.StandardRestore(abstract)
         try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            if self.with_input:
+                return self.manager.restore(step, args=ocp.args.Composite(state=args)).state
+            return self.manager.restore(step, args=args)
         except Exception as err:  # orbax/tensorstore raise many types; all mean "unusable"
             raise CheckpointError(f"{where} is corrupt: {self._corrupt(step, err)}") from None
+
+    def restore_input(self, step: int) -> dict:
+        """The input iterator's state saved with the checkpoint of ``step``."""
+        try:
+            args = ocp.args.Composite(input=ocp.args.JsonRestore())
+            return self.manager.restore(step, args=args).input
+        except Exception as err:  # orbax raises many types; all mean "unusable"
+            where = f"the input state of the checkpoint of step {step} in {self.directory}"
+            raise CheckpointError(f"{where} is unreadable: {self._corrupt(step, err)}") from None
 
     def _corrupt(self, step: int, err: BaseException) -> str:
         earlier = [s for s in self.all_steps() if s < step]

@@ -48,6 +48,16 @@ def _data_fields(c: ml_collections.ConfigDict) -> None:
     # Train on this fraction of the training split (a fixed-seed subset; smaller fractions are
     # subsets of larger ones).
     c.train_fraction = 1.0
+    # Where batches come from: "device" (the split decoded once and held on every device, each
+    # batch drawn inside the step), "stream" (read, decoded and augmented batch by batch on the
+    # host by grain workers: cnnjax.data.stream), or "auto": stream when the decoded training
+    # split would take more than `device_data_gb` on each device, or `augment` needs the host.
+    c.input = "auto"
+    c.device_data_gb = 4.0  # "auto": the most decoded training data to hold on each device
+    c.input_workers = config_dict.placeholder(int)  # stream: decoding processes (default: cores-1)
+    # "crop_flip": crop_padding, crop_mode and flip below; "inception" (streamed): the random-
+    # resized crops of the Inception paper and flips, evaluated on a centre crop.
+    c.augment = "crop_flip"
     c.data_cache = True  # image folders: reuse decoded arrays (see cnnjax.data.load_image_folder)
     c.skip_bad_images = False  # image folders: skip files that cannot be decoded (with a warning)
     c.download = False  # TFDS may download only when this is True
@@ -125,6 +135,8 @@ _CHOICES = {
     "parallel": ("jit", "pmap"),
     "preprocess": ("standardize", "gcn_zca", "none"),
     "backend": ("xla", "fft", "gemm", "winograd", "auto"),
+    "input": ("device", "stream", "auto"),
+    "augment": ("crop_flip", "inception"),
 }
 # (lowest, highest, whether the lowest itself is allowed); None fields are skipped.
 _RANGES = {
@@ -135,6 +147,8 @@ _RANGES = {
     "val_fraction": (0.0, 1.0, True),
     "train_fraction": (0.0, 1.000001, False),
     "whitening_images": (1, math.inf, True),
+    "device_data_gb": (0.0, math.inf, False),
+    "input_workers": (0, 257, True),
     "whitening_eps": (0.0, math.inf, True),
     "crop_padding": (0, math.inf, True),
     "batch_size": (1, math.inf, True),
@@ -199,6 +213,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if any(e < 0 for e in config.decay_epochs):
         raise ConfigError(
             f"`config.decay_epochs` must be non-negative epochs, got {config.decay_epochs}."
+        )
+    if config.augment == "inception" and config.input == "device":
+        raise ConfigError(
+            '`config.augment="inception"` crops on the host: set `input` to "stream" or "auto".'
+        )
+    if config.preprocess == "gcn_zca" and config.input == "stream":
+        raise ConfigError(
+            '`config.preprocess="gcn_zca"` transforms the whole split in memory: use "standardize" '
+            'or "none" with `input="stream"`.'
         )
     check_model_config(config, config.image_size or 32)
 

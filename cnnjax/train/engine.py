@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cnnjax import parallel
+from cnnjax.data import normalize
 from cnnjax.train.step import StepConfig, StepFns, TrainState, assemble_batch, batch_plan
 
 
@@ -32,10 +33,15 @@ class Engine:
       init: () -> the initial state, on the devices.
       train_step: (state, images, labels) -> (state, metrics); the state is donated; the
         dataset is the one :attr:`put_dataset` returned.
+      train_batch: (state, images, labels) -> (state, metrics) on one streamed global batch
+        (uint8 images, normalised inside), as :attr:`put_batch` returns it; state donated.
       eval_batch: (state, host images, host labels, tta=False) -> summed metrics of one padded
         batch, whose size is a multiple of ``num_devices``; ``tta`` uses the views of
         ``fns.cfg.tta``.
+      eval_local: (state, images, labels, tta=False) -> summed metrics of one padded batch
+        of which this process passes its own rows (streamed evaluation).
       put_dataset: (host images, host labels) -> the training split on the devices.
+      put_batch: (this process's rows of a batch) -> the global batch on the devices.
       saved: state on the devices -> the single copy that checkpoints hold.
       restored: that copy -> the state on the devices.
     """
@@ -44,8 +50,11 @@ class Engine:
     num_devices: int
     init: Callable[[], TrainState]
     train_step: Callable[..., tuple[TrainState, dict[str, Any]]]
+    train_batch: Callable[..., tuple[TrainState, dict[str, Any]]]
     eval_batch: Callable[..., dict[str, Any]]
+    eval_local: Callable[..., dict[str, Any]]
     put_dataset: Callable[..., tuple[jax.Array, jax.Array]]
+    put_batch: Callable[..., tuple[Any, Any]]
     saved: Callable[[TrainState], TrainState]
     restored: Callable[[TrainState], TrainState]
 
@@ -63,6 +72,10 @@ def _mesh_train_step(fns: StepFns, batch_sharding, state: TrainState, images, la
     return fns.train(state, x, y)
 
 
+def _mesh_train_batch(fns: StepFns, state: TrainState, images, labels):
+    return fns.train(state, normalize(images, fns.cfg.norm), labels)
+
+
 def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
     """``fns`` compiled with ``jax.jit`` for ``mesh`` (one device or many, one host or many)."""
     parallel.check_global_batch(fns.cfg.batch_size, mesh.size)
@@ -72,6 +85,13 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
     train_step = jax.jit(
         functools.partial(_mesh_train_step, fns, batch_sharding),
         in_shardings=(state_sharding, replicated, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+        compiler_options=options,
+    )
+    train_batch = jax.jit(
+        functools.partial(_mesh_train_batch, fns),
+        in_shardings=(state_sharding, batch_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
         compiler_options=options,
@@ -90,6 +110,13 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         put = functools.partial(parallel.to_global, sharding=batch_sharding)
         return eval_steps[tta](state, put(images), put(labels))
 
+    def put_batch(images, labels):
+        local = functools.partial(parallel.from_process_local, sharding=batch_sharding)
+        return local(images), local(labels)
+
+    def eval_local(state, images, labels, tta=False):
+        return eval_steps[tta](state, *put_batch(images, labels))
+
     def put_dataset(images, labels):
         return parallel.to_global(images, replicated), parallel.to_global(labels, replicated)
 
@@ -106,8 +133,11 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         num_devices=mesh.size,
         init=jax.jit(fns.init, out_shardings=state_sharding),
         train_step=train_step,
+        train_batch=train_batch,
         eval_batch=eval_batch,
+        eval_local=eval_local,
         put_dataset=put_dataset,
+        put_batch=put_batch,
         saved=lambda state: state,  # the mesh path saves its global arrays as they are
         restored=restored,
     )

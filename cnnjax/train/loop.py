@@ -25,12 +25,14 @@ from tqdm import tqdm
 
 from cnnjax import models
 from cnnjax.data import Dataset
+from cnnjax.data import stream as streaming
 from cnnjax.errors import NonFiniteLossError
 from cnnjax.train import workdir as workdir_lib
-from cnnjax.train.build import build_engine, initial_state, load_data
+from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import validate_config
 from cnnjax.train.engine import Engine, evaluate
+from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.plots import plot_curves
 from cnnjax.train.step import TrainState
@@ -49,18 +51,24 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if lead:  # before any data is loaded: a changed config is refused at once
             workdir_lib.check_config(workdir, config, _has_checkpoints(checkpoint_dir))
         started = time.perf_counter()
-        dataset, norm = load_data(config)  # data
+        source, why = choose_input(config)  # data
+        dataset, norm = load_data(config, source)
         data_seconds = time.perf_counter() - started
         if lead:
-            workdir_lib.save_data_info(workdir, dataset, norm)
+            resuming = _has_checkpoints(checkpoint_dir)
+            workdir_lib.save_data_info(workdir, dataset, norm, source, resuming)
         engine = build_engine(config, dataset, norm)  # model and compiled steps
-        with Checkpoints(checkpoint_dir, config.keep_checkpoints) as ckpts:
-            if ckpts.latest_step() is None:
+        stream = source == "stream"
+        with Checkpoints(checkpoint_dir, config.keep_checkpoints, with_input=stream) as ckpts:
+            latest, saved_input = ckpts.latest_step(), None
+            if latest is None:
                 state = initial_state(config, engine, dataset, norm)
             else:  # raises CheckpointError before anything is written
                 state = engine.restored(ckpts.restore(engine.saved(engine.init())))
+                saved_input = ckpts.restore_input(latest) if stream else None
             run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
-            run.data_seconds = data_seconds
+            run.data_seconds, run.input_line = data_seconds, f"input: {source} ({why})"
+            run.saved_input = saved_input
             if run.start(state):
                 return run.finished_results()
             with _StopRequest() as stop:
@@ -93,6 +101,9 @@ class _Run:
     prior: dict[str, float] = dataclasses.field(default_factory=dict)  # earlier processes'
     meter: _Meter | None = None
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    input_line: str = ""  # where batches come from, and why
+    saved_input: dict | None = None  # the input state of the checkpoint resumed from
+    feed: DeviceFeed | StreamFeed | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -126,9 +137,9 @@ class _Run:
                     "after its checkpoint)."
                 )
         self.say(
-            f"{self.dataset.summary()}\nmodel {self.config.model}: {self.num_params:,} "
-            f"parameters; {self.engine.num_devices} device(s); {self.steps_per_epoch} "
-            f"steps/epoch, {self.total_steps} total"
+            f"{self.dataset.summary()}\n{self.input_line}\nmodel {self.config.model}: "
+            f"{self.num_params:,} parameters; {self.engine.num_devices} device(s); "
+            f"{self.steps_per_epoch} steps/epoch, {self.total_steps} total"
             + (f"; resuming at step {self.first_step}" if self.first_step else "")
         )
         self.writer = MetricWriter(self.workdir, enabled=self.lead)
@@ -144,15 +155,45 @@ class _Run:
         of each process) and per-epoch evaluation."""
         compiled = self.meter.compile_seconds if self.meter else 0.0
         now = time.perf_counter() - self.started - self.eval_seconds - compiled
+        waited = self.feed.wait_seconds if self.feed else 0.0
         return {
             "train_seconds": self.prior["train_seconds"] + now,
             "compile_seconds": self.prior["compile_seconds"] + compiled,
             "eval_seconds": self.prior["eval_seconds"] + self.eval_seconds,
+            "input_wait_seconds": self.prior.get("input_wait_seconds", 0.0) + waited,
         }
+
+    def evaluate(self, state: TrainState, split: str, tta: bool = False) -> dict[str, float]:
+        """Mean loss and accuracy of ``split``, held on the host or streamed."""
+        data, batch_size = self.dataset.splits[split], self.config.eval_batch_size
+        if isinstance(self.dataset, streaming.StreamDataset):
+            spec = stream_spec(self.config, self.dataset)
+            return evaluate_stream(self.engine, state, data, spec, batch_size, tta)
+        return evaluate(self.engine, state, data.images, data.labels, batch_size, tta)
+
+    def open_feed(self) -> DeviceFeed | StreamFeed:
+        """The training batches of this process, from the restored step on."""
+        train = self.dataset.splits["train"]
+        if not isinstance(self.dataset, streaming.StreamDataset):
+            return DeviceFeed(self.engine, train)
+        workers = self.config.input_workers
+        feed = StreamFeed(
+            self.engine,
+            train,
+            stream_spec(self.config, self.dataset),
+            first_step=self.first_step,
+            total_steps=self.total_steps,
+            workers=streaming.default_workers() if workers is None else workers,
+            saved=self.saved_input,
+        )
+        if feed.note:
+            self.say(feed.note)
+        return feed
 
     def save(self, step: int, state: TrainState) -> None:
         metrics = {"val_accuracy": self.last_eval["val_accuracy"]} if self.last_eval else None
-        self.checkpoints.save(step, self.engine.saved(state), metrics)
+        input_state = self.feed.state() if self.feed else None
+        self.checkpoints.save(step, self.engine.saved(state), metrics, input_state)
         if self.lead:
             workdir_lib.save_timing(self.workdir, step, self.timing())
 
@@ -197,15 +238,13 @@ class _Meter:
 def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState, int]:
     """The epoch loop. Returns the final state and the step it stopped at on a signal (else 0)."""
     config = run.config
-    images, labels = run.engine.put_dataset(
-        run.dataset.splits["train"].images, run.dataset.splits["train"].labels
-    )
+    feed = run.feed = run.open_feed()
     meter = run.meter = _Meter(run.first_step, config.batch_size)
     bar = _ProgressBar(run, enabled=run.lead and config.progress)
     step, pending = run.first_step, None
     try:
         while step < run.total_steps:
-            state, metrics = run.engine.train_step(state, images, labels)
+            state, metrics = feed.step(state)
             step += 1
             if pending is not None:
                 meter.add(*_checked(run, *pending))
@@ -226,6 +265,7 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
                 return state, step
     finally:
         bar.close()
+        feed.close()
         run.checkpoints.wait()
         run.writer.flush()
     return state, 0
@@ -250,14 +290,19 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, fl
     config, epoch = run.config, -(-step // run.steps_per_epoch)  # a last partial epoch counts
     last = step == run.total_steps
     if (epoch % config.eval_every_epochs == 0 or last) and "validation" in run.dataset.splits:
-        val, begun = run.dataset.splits["validation"], time.perf_counter()
-        m = evaluate(run.engine, state, val.images, val.labels, config.eval_batch_size)
+        begun = time.perf_counter()
+        m = run.evaluate(state, "validation")
         run.eval_seconds += time.perf_counter() - begun
         run.last_eval = {"val_" + k: v for k, v in m.items()}
         summary.update(run.last_eval)
     summary["elapsed_seconds"] = run.timing()["train_seconds"]  # the whole run's, so far
     run.writer.write(step, {"epoch": epoch, **summary})
     run.say(_epoch_line(epoch, config.num_epochs, summary))
+    if run.feed.skipped:
+        run.say(
+            f"skipped {run.feed.skipped} image(s) that cannot be decoded so far (each replaced "
+            "by the next example of its epoch's order)."
+        )
     if epoch % config.checkpoint_every_epochs == 0 or last:
         run.save(step, state)
 
@@ -278,19 +323,18 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
     results: dict[str, float] = {"num_params": float(run.num_params), "flops_per_image": flops}
     for split, key in (("validation", "val"), ("test", "test")):
         if split in run.dataset.splits:
-            s = run.dataset.splits[split]
-            m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size)
+            m = run.evaluate(state, split)
             results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
             results[f"{key}_error"] = 1.0 - m["accuracy"]
             if config.tta != "none":
-                m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size, tta=True)
-                results[f"{key}_tta_accuracy"] = m["accuracy"]
+                results[f"{key}_tta_accuracy"] = run.evaluate(state, split, tta=True)["accuracy"]
     # Like airbench: training plus the final evaluation, not the per-epoch evaluations nor
     # compilation; over the whole run, resumed segments included.
     timing = run.timing()
     results["train_seconds"] = timing["train_seconds"]
     results["compile_seconds"] = timing["compile_seconds"]
-    results["data_seconds"] = run.data_seconds
+    results["data_seconds"] = run.data_seconds + (run.feed.start_seconds if run.feed else 0.0)
+    results["input_wait_seconds"] = timing["input_wait_seconds"]
     run.writer.write(run.total_steps, results)
     run.writer.close()
     if run.lead:

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax import lax
 
+from cnnjax.data import normalize
 from cnnjax.parallel import DATA, compiler_options
 from cnnjax.train.engine import Engine
 from cnnjax.train.step import (
@@ -39,9 +40,17 @@ def batch_share(plan: BatchPlan, index, count: int) -> BatchPlan:
 
 
 def _pmap_train_step(fns: StepFns, state: TrainState, images, labels):
+    share = batch_share(batch_plan(fns.cfg, state.step), lax.axis_index(DATA), lax.axis_size(DATA))
+    return _pmap_update(fns, state, *assemble_batch(fns.cfg, images, labels, share))
+
+
+def _pmap_train_batch(fns: StepFns, state: TrainState, images, labels):
+    return _pmap_update(fns, state, normalize(images, fns.cfg.norm), labels)
+
+
+def _pmap_update(fns: StepFns, state: TrainState, x, y):
+    """This device's share (x, y) of the global batch: gradients averaged over devices."""
     i = lax.axis_index(DATA)
-    share = batch_share(batch_plan(fns.cfg, state.step), i, lax.axis_size(DATA))
-    x, y = assemble_batch(fns.cfg, images, labels, share)
     dropout_key = jax.random.fold_in(jax.random.fold_in(fns.cfg.keys()[3], state.step), i)
     grads, stats, metrics = loss_and_grads(
         fns.model, fns.cfg, state.params, state.batch_stats, x, y, dropout_key
@@ -80,14 +89,14 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
     copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=devices)
     replicate = lambda tree: copy(np.arange(n), tree)
     options = compiler_options(devices[0].platform)
-    step = _CompiledOnFirstCall(
-        jax.pmap(
-            functools.partial(_pmap_train_step, fns),
-            axis_name=DATA,
-            devices=devices,
-            donate_argnums=(0,),
-        ),
-        options,
+    step, batch_step = (
+        _CompiledOnFirstCall(
+            jax.pmap(
+                functools.partial(fn, fns), axis_name=DATA, devices=devices, donate_argnums=(0,)
+            ),
+            options,
+        )
+        for fn in (_pmap_train_step, _pmap_train_batch)
     )
     eval_steps = {
         tta: _CompiledOnFirstCall(
@@ -103,6 +112,10 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         state, metrics = step(state, images, labels)
         return state, first(metrics)
 
+    def train_batch(state, images, labels):
+        state, metrics = batch_step(state, images, labels)
+        return state, first(metrics)
+
     def eval_batch(state, images, labels, tta=False):
         return first(eval_steps[tta](state, split(images), split(labels)))
 
@@ -111,8 +124,11 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         num_devices=n,
         init=lambda: replicate(jax.jit(fns.init)()),
         train_step=train_step,
+        train_batch=train_batch,
         eval_batch=eval_batch,
+        eval_local=eval_batch,  # single-host: this process's rows are the whole batch
         put_dataset=lambda images, labels: (replicate(images), replicate(labels)),
+        put_batch=lambda images, labels: (split(images), split(labels)),
         saved=first,
         restored=replicate,
     )

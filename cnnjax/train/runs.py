@@ -10,11 +10,13 @@ import jax
 import ml_collections
 
 from cnnjax.data import Normalization, load_image_folder
+from cnnjax.data import stream as streaming
 from cnnjax.errors import ConfigError
-from cnnjax.train.build import build_engine, load_data
+from cnnjax.train.build import build_engine, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import default_config
-from cnnjax.train.engine import evaluate
+from cnnjax.train.engine import evaluate as evaluate_split
+from cnnjax.train.feed import evaluate_stream
 from cnnjax.train.workdir import load_data_info
 
 
@@ -26,6 +28,7 @@ def load_run(
     data_dir: str | None = None,
     tta: str | None = None,
     split: str | None = None,
+    input: str | None = None,
 ):
     """A run rebuilt from its ``config.json`` and checkpoint (latest, or ``step``).
 
@@ -33,21 +36,30 @@ def load_run(
     whatever the run's parallel layout); ``tta`` overrides the run's test-time augmentation.
     ``dataset``/``data_dir`` swap the data (same image shape); an image folder is then read
     with the run's class names and normalisation (its ``data.json``), so it needs no training
-    split: ``split`` alone is read when given.
+    split: ``split`` alone is read when given. ``input``: "device" (decoded in memory) or
+    "stream" (a :class:`cnnjax.data.stream.StreamDataset`); default: how the run trained.
+    The steps always normalise with the run's own statistics (``data.json``).
     """
     config = saved_config(workdir)
+    info = load_data_info(workdir)
+    trained = (info or {}).get("input", "device")
+    input = input or trained
     swapped = dataset is not None or data_dir is not None
     config.dataset = config.dataset if dataset is None else dataset
     config.data_dir = config.data_dir if data_dir is None else data_dir
     if tta is not None:
         config.tta = tta
-    info = load_data_info(workdir)
-    if swapped and config.dataset == "imagefolder" and info is not None:
+    if swapped and config.dataset == "imagefolder" and info is not None and input == "device":
         data, norm = _evaluation_folder(config, info, split)
     else:
-        data, norm = load_data(config)
+        data, norm = load_data(config, input)
+    if info is not None:
+        norm = Normalization(
+            info["norm"]["scale"], *(tuple(info["norm"][k]) for k in ("mean", "std"))
+        )
     engine = build_engine(config, data, norm)
-    with Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints) as ckpts:
+    directory, keep = os.path.join(workdir, "checkpoints"), config.keep_checkpoints
+    with Checkpoints(directory, keep, with_input=trained == "stream") as ckpts:
         state = ckpts.restore(engine.saved(engine.init()), step)
     return config, engine, state, data
 
@@ -100,21 +112,30 @@ def evaluate_checkpoint(
     split: str | None = None,
     step: int | None = None,
     tta: bool = False,
+    input: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
 
     ``split`` defaults to ``test`` when the dataset has one, else ``validation``. ``tta``:
     also with test-time augmentation (the run's ``tta`` views, or "mirror_translate").
+    ``input``: "device" or "stream" (default: how the run trained).
     """
     views = "mirror_translate" if tta and saved_config(workdir).tta == "none" else None
     config, engine, state, data = load_run(
-        workdir, step=step, dataset=dataset, data_dir=data_dir, tta=views, split=split
+        workdir, step=step, dataset=dataset, data_dir=data_dir, tta=views, split=split, input=input
     )
     split = split or ("test" if "test" in data.splits else "validation")
     if split not in data.splits:
         raise ConfigError(f"`split` must be one of {sorted(data.splits)}, got {split!r}.")
     s, state = data.splits[split], engine.restored(state)
-    m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size)
+    if isinstance(data, streaming.StreamDataset):
+        spec, size = stream_spec(config, data, split), config.eval_batch_size
+        evaluate = lambda state, tta=False: evaluate_stream(engine, state, s, spec, size, tta)
+    else:
+        evaluate = lambda state, tta=False: evaluate_split(
+            engine, state, s.images, s.labels, config.eval_batch_size, tta
+        )
+    m = evaluate(state)
     out = {
         "workdir": workdir,
         "dataset": config.dataset,
@@ -124,7 +145,7 @@ def evaluate_checkpoint(
         **m,
     }
     if tta:
-        m = evaluate(engine, state, s.images, s.labels, config.eval_batch_size, tta=True)
+        m = evaluate(state, tta=True)
         out["tta"], out["tta_accuracy"] = config.tta, m["accuracy"]
     return out
 

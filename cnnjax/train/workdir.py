@@ -34,6 +34,7 @@ OPERATIONAL = (
     "num_devices",
     "parallel",
     "data_cache",
+    "input_workers",
     "allow_config_change",
 )
 
@@ -135,17 +136,44 @@ def check_config(workdir: str, config, resuming: bool) -> None:
     _write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def save_data_info(workdir: str, dataset, norm) -> None:
+def save_data_info(workdir: str, dataset, norm, source: str = "device", resuming=False) -> None:
     """``data.json``: what evaluating the run needs of its data: class names (label order),
-    image shape and the normalisation its steps apply."""
+    image shape, the normalisation its steps apply and where its batches came from
+    (``input``: "device" or "stream").
+
+    A streamed run also records its data's fingerprint (every file's path, size and time, or
+    the TFDS version and split sizes): resuming it on data that changed, or with batches from
+    the other source, would read other examples, and is refused."""
     info = {
         "dataset": dataset.name,
         "num_classes": dataset.num_classes,
         "class_names": list(dataset.class_names),
         "image_shape": list(dataset.image_shape),
         "norm": {"scale": norm.scale, "mean": list(norm.mean), "std": list(norm.std)},
+        "input": source,
     }
+    if source == "stream":
+        info["fingerprint"] = dataset.fingerprint
+    before = load_data_info(workdir) if resuming else None
+    if before is not None:
+        _check_same_data(workdir, before, info)
     _write_atomically(os.path.join(workdir, "data.json"), json.dumps(info, indent=2) + "\n")
+
+
+def _check_same_data(workdir: str, before: dict, now: dict) -> None:
+    old = before.get("input", "device")  # runs recorded before streaming were on the device
+    if old != now["input"]:
+        raise ConfigError(
+            f"{workdir} was trained with `input={old}` and this run would read its batches "
+            f"with `input={now['input']}` (another order and augmentation); resume with "
+            f"--config.input={old}, or use another --workdir."
+        )
+    if before.get("fingerprint", now.get("fingerprint")) != now.get("fingerprint"):
+        raise ConfigError(
+            f"the data of {workdir} changed since the run started (files added, removed or "
+            "rewritten): a resumed stream would read other examples. Restore the data, or "
+            "use another --workdir."
+        )
 
 
 def load_data_info(workdir: str) -> dict | None:
