@@ -166,6 +166,35 @@ def test_image_folder_layout_errors_name_the_problem(tmp_path):
         data.load_image_folder(str(single), **nocache)
 
 
+def test_jpeg_decoding_gives_pillows_pixels(tmp_path):
+    """open_image hands plain JPEGs to libjpeg-turbo through simplejpeg; the pixels must be
+    those Pillow's own decoder gives, for every layout a JPEG folder holds."""
+    rng = np.random.default_rng(0)
+    smooth = lambda h, w, c: np.clip(
+        np.cumsum(rng.integers(-9, 10, (h, w, c)), axis=1) + 128, 0, 255
+    ).astype(np.uint8)
+    cases = {
+        "420.jpg": (Image.fromarray(smooth(17, 23, 3)), {}),  # odd size, 4:2:0
+        "444.jpg": (Image.fromarray(smooth(32, 32, 3)), {"subsampling": 0, "quality": 95}),
+        "422.jpg": (Image.fromarray(smooth(31, 40, 3)), {"subsampling": 1}),
+        "progressive.jpg": (Image.fromarray(smooth(48, 40, 3)), {"progressive": True}),
+        "grey.jpg": (Image.fromarray(smooth(20, 30, 1)[..., 0]), {}),
+        "cmyk.jpg": (Image.fromarray(smooth(16, 16, 3)).convert("CMYK"), {}),  # Pillow's
+    }
+    for name, (im, options) in cases.items():
+        im.save(tmp_path / name, **options)
+        for channels, mode in ((3, "RGB"), (1, "L")):
+            with Image.open(tmp_path / name) as reference:
+                want = np.asarray(reference.convert(mode))
+            got = np.asarray(data.folders.open_image(str(tmp_path / name), channels))
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} as {mode}")
+    # A truncated JPEG is refused as Pillow refuses it, not decoded in part.
+    whole = (tmp_path / "444.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(OSError, match="truncated"):
+        data.folders.open_image(str(tmp_path / "cut.jpg"))
+
+
 def test_image_folder_test_split_alone_in_the_run_class_order(tmp_path):
     root = tmp_path / "folder"
     _write_folder(root)

@@ -67,10 +67,17 @@ def test_host_crops_and_flips_are_the_device_augmentation(mode):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 9, 7, 3), dtype=np.uint8)
     offsets, flips = rng.integers(0, 7, (6, 2)), rng.random(6) < 0.5
-    want = np.asarray(data.apply_augment(images, offsets, flips, 3, mode))
-    for x, o, f, w in zip(images, offsets, flips, want, strict=True):
-        got = stream.pad_crop(x, o, 3, mode)
-        np.testing.assert_array_equal(got[:, ::-1] if f else got, w)
+    want = np.asarray(
+        data.apply_augment(
+            images,
+            offsets,
+            flips,
+            3,
+            mode,
+        )
+    )
+    got = np.stack(stream.pad_crop(images, offsets, 3, mode))
+    np.testing.assert_array_equal(np.where(flips[:, None, None, None], got[:, :, ::-1], got), want)
 
 
 def test_inception_crops_keep_the_papers_area_and_aspect_ranges():
@@ -219,7 +226,7 @@ def test_a_worker_that_dies_is_one_sentence_not_a_hang():
 def test_auto_streams_over_the_budget_and_says_why(digit_folder):
     config = quick(input="auto", dataset="imagefolder", data_dir=digit_folder, image_size=16)
     kind, why = train.choose_input(config)
-    assert kind == "device" and "0.00 GB per device, within `device_data_gb=4`" in why
+    assert kind == "device" and "1.1 MB per device, within `device_data_gb=4`" in why
     config.device_data_gb = 1e-4  # 1,437 images x 768 bytes = 1.1e6 bytes > 1e-4 GiB
     kind, why = train.choose_input(config)
     assert kind == "stream" and "over `device_data_gb=0.0001`" in why
@@ -255,6 +262,7 @@ def _cli(workdir, *extra):
         "--config.progress=False",
         "--config.num_devices=1",
         "--config.num_epochs=2",
+        "--config.batch_size=16",  # 80 steps an epoch: time to be killed in the second
         "--config.input=stream",
         "--config.input_workers=1",
         *extra,
@@ -268,6 +276,12 @@ def _deterministic_rows(workdir):
     return [{k: v for k, v in r.items() if not any(c in k for c in clock)} for r in rows]
 
 
+def _steps_written(path):
+    """Steps of the complete rows of a metrics file that is being written."""
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f.read().split("\n")[:-1]]
+
+
 def test_a_streamed_run_killed_at_any_moment_resumes_bit_identically(tmp_path):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -276,21 +290,21 @@ def test_a_streamed_run_killed_at_any_moment_resumes_bit_identically(tmp_path):
     proc = subprocess.Popen(_cli(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 300
-    # Killed after its first checkpoint (step 20), in the middle of epoch 2.
+    # Killed after its first checkpoint (step 80), early in epoch 2.
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics) and any(r["step"] > 20 for r in train.read_metrics(killed)):
+        if os.path.exists(metrics) and any(step > 80 for step in _steps_written(metrics)):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = run(killed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at step 20" in resumed.stdout + resumed.stderr
+    assert "resuming at step 80" in resumed.stdout + resumed.stderr
     assert _deterministic_rows(killed) == _deterministic_rows(straight)
-    with open(os.path.join(killed, "checkpoints", "40", "input", "metadata")) as f:
+    with open(os.path.join(killed, "checkpoints", "160", "input", "metadata")) as f:
         saved = json.load(f)
-    # The resumed process continued the saved iterator (steps counted from 0) to step 40.
-    assert saved["first"] == 0 and '"next_index": 40' in json.dumps(saved["grain"])
+    # The resumed process continued the saved iterator (steps counted from 0) to step 160.
+    assert saved["first"] == 0 and '"next_index": 160' in json.dumps(saved["grain"])
 
 
 def test_a_changed_folder_or_input_refuses_to_resume(tmp_path, digit_folder):

@@ -10,6 +10,7 @@ files (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -111,11 +112,46 @@ def index_folder(
 def open_image(path: str, channels: int = 3):
     """The image at ``path`` as a loaded Pillow image in mode RGB (``channels=3``) or L (1).
 
+    Baseline and progressive JPEGs in YCbCr or grey are decoded by libjpeg-turbo through
+    simplejpeg, the same library Pillow decodes them with, so the pixels are identical
+    (tested), but without Pillow's marker parsing in Python: 11 against 130 µs a 32 × 32
+    CIFAR image (``experiments/perf_notes.md``). Every other file, and any JPEG simplejpeg
+    will not take, is Pillow's.
+
     Raises OSError/ValueError/SyntaxError, what Pillow raises for a file it cannot decode."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.convert("L" if channels == 1 else "RGB")
+    with open(path, "rb") as f:
+        data = f.read()
+    array = _libjpeg(data, channels)
+    if array is not None:
+        return Image.fromarray(array if channels == 3 else array[..., 0])
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode == mode:  # convert() would copy it
+            im.load()
+            return im
+        return im.convert(mode)
+
+
+def _libjpeg(data: bytes, channels: int) -> np.ndarray | None:
+    """A JPEG decoded as Pillow would decode it (H, W, channels), or None to leave it to
+    Pillow: not a JPEG, damaged (Pillow names the error), CMYK, or a colour JPEG asked for in
+    grey (Pillow converts the RGB pixels to luma; libjpeg would return its Y channel)."""
+    import simplejpeg
+
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace == "Gray":
+            grey = simplejpeg.decode_jpeg(data, colorspace="GRAY")
+            return np.repeat(grey, channels, axis=-1) if grey.ndim == 3 else None
+        if colorspace == "YCbCr" and channels == 3:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:  # damaged or truncated (strict: libjpeg's warnings too)
+        return None
+    return None
 
 
 def to_array(im, image_size: int | None, channels: int = 3) -> np.ndarray:

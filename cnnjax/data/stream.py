@@ -199,7 +199,9 @@ class TrainBatches:
     """``batch(step)``: this process's rows of global batch ``step``, decoded and augmented.
 
     Picklable (grain sends it to its worker processes); returns ``{"image": (b, H, W, C)
-    uint8, "label": (b,) int32, "step": int64, "skipped": int64}``.
+    uint8, "label": (b,) int32, "flip": (b,) bool, "step": int64, "skipped": int64}``: the
+    images cropped, and which of them the step mirrors (:func:`mirrored` on the host; a
+    strided copy costs the host more than anything but decoding, the device nothing).
     """
 
     def __init__(self, source, spec: StreamSpec, process_index: int = 0, process_count: int = 1):
@@ -234,15 +236,28 @@ class TrainBatches:
         for row, pos in enumerate(positions):
             (im, label), index, tries = _read(self.source, order, pos, spec.skip_bad)
             skipped += tries
-            draw = {k: v[row] for k, v in draws.items()}
-            images.append(_augment(im, self.source.name(index), spec, draw, self.source.channels))
             labels.append(label)
+            name, channels = self.source.name(index), self.source.channels
+            if spec.augment == "inception":
+                crop = random_resized_crop(im, spec.image_size, draws["crop"][row])
+                images.append(folders.to_array(crop, None, channels))
+            else:
+                images.append(_at_size(im, name, spec.image_size, spec.resize, channels))
+        if spec.augment == "crop_flip":
+            images = pad_crop(np.stack(images), draws["offsets"], spec.crop_padding, spec.crop_mode)
         return {
             "image": np.stack(images),
             "label": np.asarray(labels, np.int32),
+            "flip": draws["flips"],
             "step": np.int64(step),
             "skipped": np.int64(skipped),
         }
+
+
+def mirrored(batch: dict) -> np.ndarray:
+    """A batch's images with the flips applied: what the step trains on, before normalising."""
+    flips = batch["flip"][:, None, None, None]
+    return np.where(flips, batch["image"][:, :, ::-1], batch["image"])
 
 
 def _read(source, order: np.ndarray, pos: int, skip_bad: bool):
@@ -270,15 +285,6 @@ def _draws(spec: StreamSpec, rng: np.random.Generator, first: int, count: int) -
     return {k: v[first : first + count] for k, v in out.items()}
 
 
-def _augment(im, name: str, spec: StreamSpec, draw: dict, channels: int) -> np.ndarray:
-    if spec.augment == "inception":
-        x = folders.to_array(random_resized_crop(im, spec.image_size, draw["crop"]), None, channels)
-    else:
-        x = _at_size(im, name, spec.image_size, spec.resize, channels)
-        x = pad_crop(x, draw["offsets"], spec.crop_padding, spec.crop_mode)
-    return x[:, ::-1] if draw["flips"] else x
-
-
 def _at_size(im, name: str, image_size: int, resize: bool, channels: int) -> np.ndarray:
     """The image at ``image_size`` square: as it is when it has that size, resized (as the
     device path decodes) when ``resize``, else refused naming the file ``name``."""
@@ -292,17 +298,17 @@ def _at_size(im, name: str, image_size: int, resize: bool, channels: int) -> np.
     return folders.to_array(im, image_size, channels)
 
 
-def pad_crop(x: np.ndarray, offset, padding: int, mode: str = "zeros") -> np.ndarray:
-    """An (H, W, C) crop of ``x`` padded by ``padding`` (zeros, or ``"reflect"``: the mirror
-    image without the edge) at ``offset`` (dy, dx) in [0, 2·padding]: the host version of
-    :func:`cnnjax.data.apply_augment`."""
+def pad_crop(x: np.ndarray, offsets: np.ndarray, padding: int, mode: str = "zeros") -> np.ndarray:
+    """Crops of a batch ``x`` (N, H, W, C) padded by ``padding`` (zeros, or ``"reflect"``: the
+    mirror image without the edge), image ``i`` at ``offsets[i]`` (dy, dx) in [0, 2·padding]:
+    the host version of :func:`cnnjax.data.apply_augment`'s crops, as a list of N (H, W, C)
+    views (stack them)."""
     if padding == 0:
-        return x
-    h, w = x.shape[:2]
-    widths = [(padding, padding), (padding, padding), (0, 0)]
+        return list(x)
+    _, h, w, _ = x.shape
+    widths = [(0, 0), (padding, padding), (padding, padding), (0, 0)]
     padded = np.pad(x, widths, mode="reflect") if mode == "reflect" else np.pad(x, widths)
-    dy, dx = int(offset[0]), int(offset[1])
-    return padded[dy : dy + h, dx : dx + w]
+    return [p[dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets, strict=True)]
 
 
 def crop_box(width: int, height: int, uniforms: np.ndarray) -> tuple[int, int, int, int]:

@@ -50,8 +50,9 @@ def choose_input(config) -> tuple[str, str]:
     if size is None:
         return "stream", "the image size is unknown until decoded; set `image_size`"
     verdict = "over" if size > budget else "within"
+    amount = f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
     reason = (
-        f"the decoded training split takes about {size / 2**30:.2f} GB per device, {verdict} "
+        f"the decoded training split takes about {amount} per device, {verdict} "
         f"`device_data_gb={config.device_data_gb:g}`"
     )
     return ("stream" if size > budget else "device"), reason

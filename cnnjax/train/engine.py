@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cnnjax import parallel
-from cnnjax.data import normalize
+from cnnjax.data import apply_augment, normalize
 from cnnjax.train.step import StepConfig, StepFns, TrainState, assemble_batch, batch_plan
 
 
@@ -33,15 +33,16 @@ class Engine:
       init: () -> the initial state, on the devices.
       train_step: (state, images, labels) -> (state, metrics); the state is donated; the
         dataset is the one :attr:`put_dataset` returned.
-      train_batch: (state, images, labels) -> (state, metrics) on one streamed global batch
-        (uint8 images, normalised inside), as :attr:`put_batch` returns it; state donated.
+      train_batch: (state, images, labels, flips) -> (state, metrics) on one streamed global
+        batch (uint8 images, normalised and mirrored where ``flips`` inside), as
+        :attr:`put_batch` returns it; the state is donated.
       eval_batch: (state, host images, host labels, tta=False) -> summed metrics of one padded
         batch, whose size is a multiple of ``num_devices``; ``tta`` uses the views of
         ``fns.cfg.tta``.
       eval_local: (state, images, labels, tta=False) -> summed metrics of one padded batch
         of which this process passes its own rows (streamed evaluation).
       put_dataset: (host images, host labels) -> the training split on the devices.
-      put_batch: (this process's rows of a batch) -> the global batch on the devices.
+      put_batch: (this process's rows of arrays of a batch) -> the global arrays.
       saved: state on the devices -> the single copy that checkpoints hold.
       restored: that copy -> the state on the devices.
     """
@@ -72,8 +73,15 @@ def _mesh_train_step(fns: StepFns, batch_sharding, state: TrainState, images, la
     return fns.train(state, x, y)
 
 
-def _mesh_train_batch(fns: StepFns, state: TrainState, images, labels):
-    return fns.train(state, normalize(images, fns.cfg.norm), labels)
+def streamed_batch(cfg: StepConfig, images, labels, flips):
+    """A streamed batch (x, y) as the step sees it: normalised, and mirrored where ``flips``
+    (the host draws the flips; mirroring here costs the device nothing and the host a copy of
+    every image)."""
+    return apply_augment(normalize(images, cfg.norm), None, flips, 0), labels
+
+
+def _mesh_train_batch(fns: StepFns, state: TrainState, images, labels, flips):
+    return fns.train(state, *streamed_batch(fns.cfg, images, labels, flips))
 
 
 def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
@@ -91,7 +99,7 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
     )
     train_batch = jax.jit(
         functools.partial(_mesh_train_batch, fns),
-        in_shardings=(state_sharding, batch_sharding, batch_sharding),
+        in_shardings=(state_sharding, batch_sharding, batch_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
         compiler_options=options,
@@ -110,9 +118,8 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         put = functools.partial(parallel.to_global, sharding=batch_sharding)
         return eval_steps[tta](state, put(images), put(labels))
 
-    def put_batch(images, labels):
-        local = functools.partial(parallel.from_process_local, sharding=batch_sharding)
-        return local(images), local(labels)
+    def put_batch(*arrays):
+        return tuple(parallel.from_process_local(a, batch_sharding) for a in arrays)
 
     def eval_local(state, images, labels, tta=False):
         return eval_steps[tta](state, *put_batch(images, labels))

@@ -92,7 +92,7 @@ class StreamFeed:
         self.expected += 1
         self.skipped += int(batch["skipped"])
         return self.engine.train_batch(
-            state, *self.engine.put_batch(batch["image"], batch["label"])
+            state, *self.engine.put_batch(batch["image"], batch["label"], batch["flip"])
         )
 
     def _next(self) -> dict[str, Any]:

@@ -18,9 +18,8 @@ import jax
 import numpy as np
 from jax import lax
 
-from cnnjax.data import normalize
 from cnnjax.parallel import DATA, compiler_options
-from cnnjax.train.engine import Engine
+from cnnjax.train.engine import Engine, streamed_batch
 from cnnjax.train.step import (
     BatchPlan,
     StepFns,
@@ -44,8 +43,8 @@ def _pmap_train_step(fns: StepFns, state: TrainState, images, labels):
     return _pmap_update(fns, state, *assemble_batch(fns.cfg, images, labels, share))
 
 
-def _pmap_train_batch(fns: StepFns, state: TrainState, images, labels):
-    return _pmap_update(fns, state, normalize(images, fns.cfg.norm), labels)
+def _pmap_train_batch(fns: StepFns, state: TrainState, images, labels, flips):
+    return _pmap_update(fns, state, *streamed_batch(fns.cfg, images, labels, flips))
 
 
 def _pmap_update(fns: StepFns, state: TrainState, x, y):
@@ -112,8 +111,8 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         state, metrics = step(state, images, labels)
         return state, first(metrics)
 
-    def train_batch(state, images, labels):
-        state, metrics = batch_step(state, images, labels)
+    def train_batch(state, images, labels, flips):
+        state, metrics = batch_step(state, images, labels, flips)
         return state, first(metrics)
 
     def eval_batch(state, images, labels, tta=False):
@@ -128,7 +127,7 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         eval_batch=eval_batch,
         eval_local=eval_batch,  # single-host: this process's rows are the whole batch
         put_dataset=lambda images, labels: (replicate(images), replicate(labels)),
-        put_batch=lambda images, labels: (split(images), split(labels)),
+        put_batch=lambda *arrays: tuple(map(split, arrays)),
         saved=first,
         restored=replicate,
     )
