@@ -62,6 +62,19 @@ def test_an_epoch_reads_every_example_at_most_once_whatever_the_process_count():
         stream.TrainBatches(source, spec, 0, 3)
 
 
+def test_alternating_flips_mirror_every_example_the_other_way_the_next_epoch():
+    source = indexed_source()
+    spec = stream.StreamSpec(200, 16, seed=1, flip=True, flip_mode="alternating")
+    fn = stream.TrainBatches(source, spec)
+    flips = [{}, {}]
+    for step in range(2 * spec.steps_per_epoch):
+        b = fn(step)
+        flips[step // spec.steps_per_epoch].update(zip(indices_of(b), b["flip"], strict=True))
+    both = set(flips[0]) & set(flips[1])
+    assert len(both) >= 180 and all(flips[0][i] != flips[1][i] for i in both)
+    assert 0.3 < np.mean(list(flips[0].values())) < 0.7  # each example drawn at random once
+
+
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 def test_host_crops_and_flips_are_the_device_augmentation(mode):
     rng = np.random.default_rng(0)
@@ -411,3 +424,31 @@ def test_two_processes_stream_their_shares_and_resume_a_one_process_run(digit_fo
             params.append(jax.device_get(ckpts.restore(engine.init())).params)
     for a, b in zip(*map(jax.tree.leaves, params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # tolerance: test_parallel.py
+
+
+def test_streamed_batches_train_alike_under_jit_and_pmap():
+    """Four devices, a streamed batch: the mesh and pmap engines compute the same update
+    (GELU, SGD: see test_parallel.py), and mirror exactly the images the host marked."""
+    config = quick(num_devices=4, optimizer="sgd", learning_rate=0.01, activation="gelu")
+    config.update(dict(dropout=0.0, input_dropout=0.0, warmup_epochs=0.0, flip=True))
+    dataset, norm = train.load_data(config, "stream")
+    spec = train.stream_spec(config, dataset)
+    batches = stream.TrainBatches(dataset.splits["train"], spec)
+    states = []
+    for path in ("jit", "pmap"):
+        config.parallel = path
+        engine = train.build_engine(config, dataset, norm)
+        state = engine.init()
+        for step in range(3):
+            b = batches(step)
+            state, _ = engine.train_batch(
+                state, *engine.put_batch(b["image"], b["label"], b["flip"])
+            )
+        states.append(jax.device_get(engine.saved(state)))
+    for a, b in zip(*(jax.tree.leaves(s.params) for s in states), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # tolerance: test_parallel.py
+    b = batches(0)
+    assert b["flip"].any() and not b["flip"].all()
+    x, _ = train.streamed_batch(engine.fns.cfg, b["image"], b["label"], b["flip"])
+    want = data.normalize(stream.mirrored(b), norm)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(want))

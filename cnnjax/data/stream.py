@@ -213,7 +213,15 @@ class TrainBatches:
         self.source, self.spec = source, spec
         self.rows = slice(process_index * spec.batch_size // process_count, None)
         self.local = spec.batch_size // process_count
-        self._epoch, self._order = -1, None
+        self._epoch, self._order, self._base_flips = -1, None, None
+
+    def base_flips(self) -> np.ndarray:
+        """``flip_mode="alternating"``: each example's flip of the even epochs (the odd ones
+        flip it back), drawn once for the run."""
+        if self._base_flips is None:
+            rng = _rng(self.spec.seed, _FLIPS)
+            self._base_flips = rng.random(self.spec.num_examples) < 0.5
+        return self._base_flips
 
     def order(self, epoch: int) -> np.ndarray:
         """The permutation of the split that epoch ``epoch`` reads in order."""
@@ -230,8 +238,7 @@ class TrainBatches:
         order = self.order(epoch)
         draws = _draws(spec, _rng(spec.seed, _AUGMENT, step), self.rows.start, self.local)
         if spec.flip and spec.flip_mode == "alternating":
-            base = _rng(spec.seed, _FLIPS).random(spec.num_examples) < 0.5
-            draws["flips"] = base[order[positions]] ^ (epoch % 2 == 1)
+            draws["flips"] = self.base_flips()[order[positions]] ^ (epoch % 2 == 1)
         images, labels, skipped = [], [], 0
         for row, pos in enumerate(positions):
             (im, label), index, tries = _read(self.source, order, pos, spec.skip_bad)

@@ -10,7 +10,7 @@ from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import build_model, check_model_config, default_config, validate_config
-from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine
+from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine, streamed_batch
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.loop import train_and_evaluate
 from cnnjax.train.metrics import MetricWriter, read_metrics
@@ -87,6 +87,7 @@ __all__ = [
     "shift_consistency",
     "shifted_accuracy",
     "stream_spec",
+    "streamed_batch",
     "train_and_evaluate",
     "train_step",
     "translation_report",

@@ -153,12 +153,13 @@ class _Run:
         """Seconds of the whole run so far, over this process and the ones it resumed:
         training (compilation and per-epoch evaluations excluded), compilation (the first step
         of each process) and per-epoch evaluation."""
-        compiled = self.meter.compile_seconds if self.meter else 0.0
-        now = time.perf_counter() - self.started - self.eval_seconds - compiled
-        waited = self.feed.wait_seconds if self.feed else 0.0
+        first = self.meter.compile_seconds if self.meter else 0.0  # the process's first step
+        now = time.perf_counter() - self.started - self.eval_seconds - first
+        waited, started = (self.feed.wait_seconds, self.feed.start_seconds) if self.feed else (0, 0)
         return {
             "train_seconds": self.prior["train_seconds"] + now,
-            "compile_seconds": self.prior["compile_seconds"] + compiled,
+            # Less the wait for the input workers to start (reported as data loading).
+            "compile_seconds": self.prior["compile_seconds"] + max(0.0, first - started),
             "eval_seconds": self.prior["eval_seconds"] + self.eval_seconds,
             "input_wait_seconds": self.prior.get("input_wait_seconds", 0.0) + waited,
         }
