@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnnjax import parallel
-from experiments._cli import fail, parse_flags, quiet_unless_verbose
+from experiments._cli import fail, quiet_unless_verbose, run_program
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -43,7 +43,7 @@ def main(argv):
 
 def run():
     """The ``cnnjax-train`` command."""
-    app.run(main, flags_parser=parse_flags)
+    run_program(main, __doc__)
 
 
 if __name__ == "__main__":
