@@ -1,6 +1,7 @@
 """Train a model: ``python -m experiments.train --config=CONFIG_FILE[:arg] --workdir=DIR``.
 
-Any config field can be overridden: ``--config.model=model_c --config.learning_rate=0.01``.
+Any config field can be overridden: ``--config.model=model_c --config.learning_rate=0.01``;
+``--config_help`` lists every field with its default and what it means.
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
 Multi-host: ``--coordinator_address=host:port --num_processes=N --process_id=i`` (or the
 ``CNNJAX_*`` environment variables, see ``cnnjax.parallel.initialize_distributed``).

@@ -367,6 +367,22 @@ def test_the_progress_bar_is_off_when_its_output_is_not_a_terminal(tmp_path, cap
     assert "\r" not in capfd.readouterr().err  # pytest's capture is not a terminal
 
 
+def test_installed_commands_print_their_programs_help():
+    bin_dir = os.path.dirname(sys.executable)  # `make` installs the commands beside python
+    run = lambda *a: subprocess.run(
+        [os.path.join(bin_dir, a[0]), *a[1:]], capture_output=True, text=True, timeout=120
+    )
+    for command, says in (
+        ("cnnjax-train", "Train a model: ``python -m experiments.train"),
+        ("cnnjax-evaluate", "Evaluate a run's checkpoint on any dataset split."),
+        ("cnnjax-study", "Does a strided convolution replace max-pooling?"),
+    ):
+        out = run(command, "--help")
+        assert out.returncode == 0 and says in out.stdout, out.stdout[:500] + out.stderr[-500:]
+    fields = run("cnnjax-train", "--config_help").stdout
+    assert len(re.findall(r"--config\.\w+=", fields)) == len(train.default_config().keys())
+
+
 def test_a_setting_the_model_does_not_have_is_refused():
     config = quick(model="nin", input_dropout=0.1)
     with pytest.raises(train.ConfigError, match=r"`config\.input_dropout` does not apply to"):
