@@ -7,7 +7,7 @@ import re
 import sys
 from typing import NoReturn
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 
 def fail(err: BaseException | str) -> NoReturn:
@@ -59,10 +59,24 @@ def _config_path(arg: str) -> str:
     return f"{flag}={candidate}{colon}{variant}" if os.path.exists(candidate) else arg
 
 
+def run_program(main, doc: str) -> None:
+    """``app.run`` for a program that is also an installed command: absl's ``--help`` prints
+    the *main module's* docstring, and an installed command's main module is pip's wrapper,
+    which has none, so the program's own ``doc`` is put there first."""
+    sys.modules["__main__"].__doc__ = doc
+    app.run(main, flags_parser=parse_flags)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors: an unknown ``--config.<key>`` lists the valid
     keys (ml_collections raises a chain of KeyError/AttributeError otherwise), and a config
-    file that is missing or rejects its argument (``:qiuck``) says so."""
+    file that is missing or rejects its argument (``:qiuck``) says so. ``--config_help``
+    prints every ``--config.*`` field with its default and meaning, and exits."""
+    if "--config_help" in argv:
+        from cnnjax.train.config import describe_fields
+
+        print(describe_fields())
+        sys.exit(0)
     argv = [_config_path(a) if a.startswith("--config=") else a for a in argv]
     try:
         return flags.FLAGS(argv)

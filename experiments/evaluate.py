@@ -12,9 +12,9 @@ import json
 import os
 import re
 
-from absl import app, flags
+from absl import flags
 
-from experiments._cli import fail, parse_flags, quiet_unless_verbose
+from experiments._cli import fail, quiet_unless_verbose, run_program
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -25,8 +25,8 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_bool(
     "tta",
     False,
-    "Also evaluate with test-time augmentation (the run's views, "
-    "or mirror + 1-pixel translations).",
+    "Also evaluate with test-time augmentation: the run's `tta` views, or the views its "
+    "training made (mirror images only if it flipped, 1-pixel shifts only if it cropped).",
 )
 flags.DEFINE_enum(
     "input",
@@ -68,7 +68,7 @@ def main(argv):
 
 def run():
     """The ``cnnjax-evaluate`` command."""
-    app.run(main, flags_parser=parse_flags)
+    run_program(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Does a strided convolution replace max-pooling? Two studies, one program.
+"""Does a strided convolution replace max-pooling? (the ``cnnjax-study`` command) Two studies,
+one program.
 
     python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:quick
     python -m experiments.pool_vs_stride --config=experiments/configs/pool_vs_stride.py:cpu \
@@ -21,11 +22,11 @@ import os
 import statistics
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _bench, _fast_study, _runs
-from experiments._cli import parse_flags, quiet_unless_verbose
+from experiments._cli import quiet_unless_verbose, run_program
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -255,7 +256,7 @@ def main(argv):
 
 def run():
     """The ``cnnjax-study`` command."""
-    app.run(main, flags_parser=parse_flags)
+    run_program(main, __doc__)
 
 
 if __name__ == "__main__":

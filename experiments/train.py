@@ -1,6 +1,7 @@
 """Train a model: ``python -m experiments.train --config=CONFIG_FILE[:arg] --workdir=DIR``.
 
-Any config field can be overridden: ``--config.model=model_c --config.learning_rate=0.01``.
+Any config field can be overridden: ``--config.model=model_c --config.learning_rate=0.01``;
+``--config_help`` lists every field with its default and what it means.
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
 Multi-host: ``--coordinator_address=host:port --num_processes=N --process_id=i`` (or the
 ``CNNJAX_*`` environment variables, see ``cnnjax.parallel.initialize_distributed``).
@@ -12,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnnjax import parallel
-from experiments._cli import fail, parse_flags, quiet_unless_verbose
+from experiments._cli import fail, quiet_unless_verbose, run_program
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -43,7 +44,7 @@ def main(argv):
 
 def run():
     """The ``cnnjax-train`` command."""
-    app.run(main, flags_parser=parse_flags)
+    run_program(main, __doc__)
 
 
 if __name__ == "__main__":

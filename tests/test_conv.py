@@ -427,3 +427,35 @@ def test_forward_mode_through_strided_convolution_and_bias():
     # The conv is bilinear: its tangent is conv(dx, w) + conv(x, dw).
     expected = ref(dx, w, np.zeros_like(b)) + ref(x, dw, np.zeros_like(b)) + db
     assert _rel_err(tangent, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("outlier", [0.0, 1e6])
+def test_fft_error_stays_within_the_documented_bound(outlier):
+    """ops.conv's docstring: max |ŷ − y| ≤ (32·log₂L + 2K + Cin + 10)·u·Σ_c ‖x_c‖₂‖w_c,o‖₁,
+    against a float64 loop; with an outlier pixel the bound (and the error) grow with it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 20, 17, 3)).astype(np.float32)
+    x[0, 3, 4, 1] += outlier
+    w = rng.standard_normal((7, 7, 3, 4)).astype(np.float32)
+    got = np.asarray(ops.conv2d(jnp.asarray(x), jnp.asarray(w), backend="fft"))
+    want = reference.conv2d(x.astype(np.float64), w, ((3, 3), (3, 3)), (1, 1), (1, 1), 1)
+    points = _fft.fast_length(26) * _fft.fast_length(23)  # the padded 26 x 23 image
+    factor = (32 * np.log2(points) + 2 * 49 + 3 + 10) * 2.0**-24
+    x_norms = np.sqrt((x.astype(np.float64) ** 2).sum(axis=(1, 2)))  # (N, Cin)
+    w_norms = np.abs(w.astype(np.float64)).sum(axis=(0, 1))  # (Cin, Cout)
+    bound = factor * x_norms @ w_norms  # (N, Cout)
+    error = np.abs(got - want).max(axis=(1, 2))
+    assert (error <= bound).all(), (error / bound).max()
+    if outlier:  # the outlier's image: errors far from the pixel grow with it, the other's not
+        far = np.abs(got[0, 15:, 12:] - want[0, 15:, 12:]).max()
+        assert far > 1e-3 and np.abs(got[1] - want[1]).max() < 1e-3
+
+
+def test_a_non_finite_pixel_spreads_over_its_image_only_under_fft():
+    x = np.ones((2, 16, 16, 1), np.float32)
+    x[0, 2, 2, 0] = np.nan
+    w = np.ones((7, 7, 1, 1), np.float32)
+    fft = np.asarray(ops.conv2d(jnp.asarray(x), jnp.asarray(w), backend="fft"))
+    xla = np.asarray(ops.conv2d(jnp.asarray(x), jnp.asarray(w), backend="xla"))
+    assert np.isnan(fft[0]).all() and np.isfinite(fft[1]).all()
+    assert np.isnan(xla[0]).sum() == 6 * 6 and np.isfinite(xla[1]).all()  # windows reaching it

@@ -195,6 +195,76 @@ def test_jpeg_decoding_gives_pillows_pixels(tmp_path):
         data.folders.open_image(str(tmp_path / "cut.jpg"))
 
 
+def _luma(rgb):
+    """ITU-R 601-2 luma in Pillow's fixed point: what convert("L") computes."""
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def test_every_accepted_image_mode_reads_as_numpy_says(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (5, 7), dtype=np.uint16)
+    unit = rng.random((5, 7)).astype(np.float32)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    index = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    p_image = Image.fromarray(index, "L").convert("P")
+    p_image.putpalette(palette.ravel().tolist())
+    cases = {  # file: (image, the RGB pixels it means)
+        "rgb.png": (Image.fromarray(rgb), rgb),
+        "rgba.png": (Image.fromarray(np.dstack([rgb, index])), rgb),  # alpha dropped
+        "grey.png": (Image.fromarray(index), np.repeat(index[..., None], 3, -1)),
+        "bilevel.png": (
+            Image.fromarray(index > 127),
+            np.repeat((index > 127)[..., None] * 255, 3, -1),
+        ),
+        "palette.png": (p_image, palette[index]),
+        "grey16.png": (Image.fromarray(grey16), np.rint(grey16 / 257.0)),
+        "grey16.tif": (Image.fromarray(grey16), np.rint(grey16 / 257.0)),
+        "int32.tif": (Image.fromarray(grey16.astype(np.int32)), np.rint(grey16 / 257.0)),
+        "float.tif": (Image.fromarray(unit), np.rint(unit.astype(np.float64) * 255.0)),
+    }
+    for name, (image, means) in cases.items():
+        image.save(tmp_path / name)
+        means = np.asarray(means, np.float64)
+        if means.ndim == 2:
+            means = np.repeat(means[..., None], 3, -1)
+        means = means.astype(np.uint8)
+        got = np.asarray(data.folders.open_image(str(tmp_path / name), 3))
+        np.testing.assert_array_equal(got, means, err_msg=name)
+        grey = np.asarray(data.folders.open_image(str(tmp_path / name), 1))
+        np.testing.assert_array_equal(grey, _luma(means), err_msg=f"{name} as grey")
+    # A float image outside [0, 1] has no known range: refused, naming its mode and values.
+    Image.fromarray(unit * 40 - 3).save(tmp_path / "wide.tif")
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / "train" / c).mkdir(parents=True)
+        Image.fromarray(rgb).save(root / "train" / c / "0.png")
+    os.replace(tmp_path / "wide.tif", root / "train" / "a" / "1.tif")
+    with pytest.raises(data.DataError, match=r"cannot decode .*1\.tif: mode F with values in \[-"):
+        data.load_image_folder(str(root), cache_dir="")
+
+
+def test_dangling_links_and_an_empty_train_split_are_named_not_tracebacks(tmp_path):
+    root = tmp_path / "folder"
+    _write_folder(root)
+    os.symlink(tmp_path / "gone.jpg", root / "train" / "cat" / "link.jpg")
+    (root / "train" / ".hidden").write_bytes(b"x")
+    with pytest.raises(data.DataError, match=r"cat/link\.jpg is a link to a file that does not"):
+        data.load_image_folder(str(root), image_size=8, cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match=r"skipped 1 link\(s\) to files that do not exist"):
+        ds = data.load_image_folder(
+            str(root), image_size=8, cache_dir=str(tmp_path / "cache"), skip_bad=True
+        )
+    assert len(ds.splits["train"]) + len(ds.splits["validation"]) == 18
+    assert "1 skipped" in ds.source
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(data.DataError, match=r"empty/train has 0 class folder\(s\)"):
+        data.load_image_folder(str(empty), cache_dir="")
+
+
 def test_image_folder_test_split_alone_in_the_run_class_order(tmp_path):
     root = tmp_path / "folder"
     _write_folder(root)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -273,14 +274,113 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
         ("downsample", "avg", r"`downsample` must be one of"),
         ("backend", "cuda", r"`config.backend` must be one of"),
         ("warmup_epochs", 11.0, r"`config.warmup_epochs` \(11.0\) must not exceed `num_epochs`"),
+        (
+            "seed",
+            2**40,
+            r"`config.seed` must be at least 0 and below 4294967296, got 1099511627776",
+        ),
+        ("split_seed", 10**20, r"`config.split_seed` must be at least 0 and below 4294967296"),
+        ("image_size", 100000, r"`config.image_size` must be at least 1 and below 4097"),
+        ("decay_epochs", ("a", "b"), r"`config.decay_epochs` must be a list of numbers"),
+        ("batch_size", 64.5, r"`config.batch_size` must be a whole number, got 64.5"),
+        ("learning_rate", "abc", r"`config.learning_rate` must be a number, got 'abc'"),
+        ("flip", 1, r"`config.flip` must be True or False, got 1"),
+        ("learning_rate", None, r"`config.learning_rate` must be a number, got None"),
     ],
 )
 def test_bad_config_values_are_refused_before_anything_is_loaded(key, value, message, tmp_path):
     config = quick()
-    config[key] = value
+    with config.ignore_type():  # as a config file or a flag of the wrong kind would set it
+        config[key] = value
     with pytest.raises(train.ConfigError, match=message):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")  # refused before the workdir was made
+
+
+def test_every_field_is_listed_with_its_default_and_meaning():
+    text = train.describe_fields()
+    listed = re.findall(r"--config\.(\w+)=", text)
+    assert sorted(listed) == sorted(train.default_config().keys())
+    assert "--config.input='auto'  Where batches come from" in text
+    assert "--config.seed=0" in text
+
+
+def test_a_dataset_that_cannot_fit_in_memory_is_refused_before_decoding(monkeypatch, tmp_path):
+    from cnnjax.train import build
+
+    monkeypatch.setattr(build, "_available_memory", lambda: 10 * 2**20)  # 10 MB free
+    # 1,797 digits at 128 x 128 x 1 = 29.4 MB > 80 % of 10 MB.
+    with pytest.raises(
+        train.ConfigError,
+        match=r"would take about 28\.1 MB, more than the 10\.0 MB .* smaller `image_size` \(now "
+        r"128\), or `input=\"stream\"`",
+    ):
+        train.train_and_evaluate(quick(image_size=128), str(tmp_path / "run"))
+
+
+def test_a_torn_metrics_line_and_unreadable_records_are_one_sentence(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    config = quick(num_epochs=2, num_devices=1)
+    train.train_and_evaluate(config, workdir)
+    straight = _rows(workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "40"))  # killed in epoch 2 ...
+    os.remove(os.path.join(workdir, "results.json"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 41, "train_lo')  # ... in the middle of writing a row
+    assert [r["step"] for r in train.read_metrics(workdir)] == [r["step"] for r in straight]
+    train.train_and_evaluate(config, workdir)
+    assert "last line of metrics.jsonl was cut short" in capsys.readouterr().out
+    assert [r["step"] for r in _rows(workdir)] == [r["step"] for r in straight]
+    for name, remedy in (
+        ("config.json", "restore it"),
+        ("data.json", "remove it to write it again"),
+        ("timing.json", "remove it: the run's recorded times"),
+    ):
+        path = os.path.join(workdir, name)
+        shutil.copy(path, path + ".good")
+        with open(path, "w") as f:
+            f.write('{"model": "all_cnn_c", ')
+        os.remove(os.path.join(workdir, "results.json"))
+        message = rf"{re.escape(path)} is not valid JSON \(line 1: .*\); {remedy}"
+        with pytest.raises(train.ConfigError, match=message):
+            train.train_and_evaluate(config, workdir)
+        if name != "timing.json":  # evaluation does not read the times
+            with pytest.raises(train.ConfigError, match=message):
+                train.evaluate_checkpoint(workdir)
+        os.replace(path + ".good", path)
+        train.train_and_evaluate(config, workdir)  # a finished run: rewrites results.json
+
+
+def test_tta_follows_the_training_augmentation(trained):
+    workdir, _ = trained  # :quick digits: crops, no flips
+    out = train.evaluate_checkpoint(workdir, split="test", tta=True)
+    assert out["tta"] == "translate"
+    assert train.default_tta(True, 4) == "mirror_translate"
+    assert train.default_tta(False, 0) == "none"
+    note = train.unseen_views("mirror_translate", False, 2)
+    assert "mirror images (it trained without flips)" in note and "'translate'" in note
+    assert train.unseen_views("translate", False, 2) is None
+
+
+def test_the_progress_bar_is_off_when_its_output_is_not_a_terminal(tmp_path, capfd):
+    train.train_and_evaluate(quick(num_epochs=1, progress=True), str(tmp_path / "run"))
+    assert "\r" not in capfd.readouterr().err  # pytest's capture is not a terminal
+
+
+def test_installed_commands_print_their_programs_help():
+    bin_dir = os.path.dirname(sys.executable)  # `make` installs the commands beside python
+    run = lambda *a: subprocess.run(
+        [os.path.join(bin_dir, a[0]), *a[1:]], capture_output=True, text=True, timeout=120
+    )
+    for command, says in (
+        ("cnnjax-train", "Train a model: ``python -m experiments.train"),
+        ("cnnjax-evaluate", "Evaluate a run's checkpoint on any dataset split."),
+        ("cnnjax-study", "Does a strided convolution replace max-pooling?"),
+    ):
+        out = run(command, "--help")
+        assert out.returncode == 0 and says in out.stdout, out.stdout[:500] + out.stderr[-500:]
+    fields = run("cnnjax-train", "--config_help").stdout
+    assert len(re.findall(r"--config\.\w+=", fields)) == len(train.default_config().keys())
 
 
 def test_a_setting_the_model_does_not_have_is_refused():

@@ -10,6 +10,7 @@ files (``.ipynb_checkpoints``, ``.DS_Store``) are ignored.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import warnings
@@ -31,6 +32,18 @@ class FolderIndex:
     root: str
     classes: tuple[str, ...]
     files: dict[str, list[tuple[str, int]]]
+    skipped: tuple[str, ...] = ()  # image names that point nowhere (dangling links), skipped
+
+    def fingerprint(self) -> str:
+        """A digest of exactly the files the index lists: each one's relative path, size and
+        modification time (a renamed class, an added or re-encoded image changes it; a hidden
+        file or a link that points nowhere does not)."""
+        digest = hashlib.sha256(repr(self.classes).encode())
+        for split in sorted(self.files):
+            for rel, label in self.files[split]:
+                stat = os.stat(os.path.join(self.root, rel))
+                digest.update(f"|{rel}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
 
 
 def _visible(names):
@@ -38,11 +51,18 @@ def _visible(names):
 
 
 def _images_in(folder: str) -> list[str]:
+    """Image files of ``folder``; a name that points nowhere (a dangling link) is included,
+    for :func:`index_folder` to name or skip."""
     return [
         n
         for n in _visible(os.listdir(folder))
-        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+        if n.lower().endswith(IMAGE_EXTENSIONS)
+        and (os.path.isfile(os.path.join(folder, n)) or _dangling(os.path.join(folder, n)))
     ]
+
+
+def _dangling(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def _subfolders(folder: str) -> list[str]:
@@ -50,12 +70,17 @@ def _subfolders(folder: str) -> list[str]:
 
 
 def index_folder(
-    root: str, splits: Sequence[str] | None = None, classes: Sequence[str] | None = None
+    root: str,
+    splits: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    skip_bad: bool = False,
 ) -> FolderIndex:
     """Checks ``root``'s layout and lists its images (``splits``: only these split folders).
 
     ``classes`` fixes the label order (a trained run's); by default it is the sorted class
-    folders of ``train`` (or of every split, when there is no ``train``).
+    folders of ``train`` (or of every split, when there is no ``train``). A link that points
+    nowhere is named in a DataError, or with ``skip_bad`` left out and counted
+    (``index.skipped``).
     """
     if not root or not os.path.isdir(root):
         raise DataError(
@@ -80,10 +105,16 @@ def index_folder(
             )
         split_names = list(splits)
     found = {s: _subfolders(os.path.join(root, s)) for s in split_names}
+    if "train" in found and len(found["train"]) < 2:
+        raise DataError(
+            f"{os.path.join(root, 'train')} has {len(found['train'])} class folder(s): a "
+            "classifier needs at least two classes."
+        )
     if classes is None:
         classes = found["train"] if "train" in found else sorted(set().union(*found.values()))
     classes = tuple(classes)
     files: dict[str, list[tuple[str, int]]] = {}
+    skipped: list[str] = []
     for split, names in found.items():
         unknown = [n for n in names if n not in classes]
         if unknown:
@@ -100,13 +131,25 @@ def index_folder(
                     f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its images."
                 )
             label = classes.index(name)
-            files[split] += [(os.path.join(split, name, f), label) for f in images]
-    if "train" in files and len(found["train"]) < 2:
+            for f in images:
+                rel = os.path.join(split, name, f)
+                if _dangling(os.path.join(root, rel)):
+                    skipped.append(rel)
+                else:
+                    files[split].append((rel, label))
+    if skipped and not skip_bad:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         raise DataError(
-            f"{os.path.join(root, 'train')} has {len(found['train'])} class folder(s): a "
-            "classifier needs at least two classes."
+            f"{os.path.join(root, skipped[0])}{more} is a link to a file that does not exist. "
+            "Remove it, or set skip_bad_images=True to skip such files with a count."
         )
-    return FolderIndex(root, classes, files)
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} link(s) to files that do not exist, e.g. "
+            f"{os.path.join(root, skipped[0])}.",
+            stacklevel=2,
+        )
+    return FolderIndex(root, classes, files, tuple(skipped))
 
 
 def open_image(path: str, channels: int = 3):
@@ -128,10 +171,37 @@ def open_image(path: str, channels: int = 3):
         return Image.fromarray(array if channels == 3 else array[..., 0])
     mode = "L" if channels == 1 else "RGB"
     with Image.open(io.BytesIO(data)) as im:
+        if im.mode in _WIDE_MODES:
+            return _scaled(im).convert(mode)
         if im.mode == mode:  # convert() would copy it
             im.load()
             return im
         return im.convert(mode)
+
+
+# Grey images of more than 8 bits: Pillow's convert() would clip them to 0..255 (a 16-bit PNG
+# reads as white, a float TIFF as black), so they are scaled to 8 bits first.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _scaled(im):
+    """A 16-bit, 32-bit integer or float grey image as 8 bits (mode L), keeping what the
+    pixels mean: 16-bit (0..65535) divided by 257 and rounded, so 0 and 65535 stay black and
+    white; 32-bit integers likewise when they lie in 0..65535; floats in [0, 1] times 255,
+    rounded. Anything else is refused, naming the file and its mode: its range is unknown."""
+    from PIL import Image
+
+    a = np.asarray(im)
+    if im.mode.startswith("I") and a.size and 0 <= a.min() and a.max() <= 65535:
+        return Image.fromarray(np.rint(a.astype(np.float64) / 257.0).astype(np.uint8))
+    if im.mode == "F" and np.isfinite(a).all() and a.size and 0 <= a.min() and a.max() <= 1:
+        return Image.fromarray(np.rint(a.astype(np.float64) * 255.0).astype(np.uint8))
+    low, high = (a.min(), a.max()) if a.size else (0, 0)
+    expected = "0..65535" if im.mode.startswith("I") else "[0, 1]"
+    raise ValueError(
+        f"mode {im.mode} with values in [{low}, {high}]; cnnjax reads such images when they lie "
+        f"in {expected} (convert it to 8-bit PNG or JPEG)"
+    )
 
 
 def _libjpeg(data: bytes, channels: int) -> np.ndarray | None:

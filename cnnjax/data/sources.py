@@ -137,15 +137,15 @@ def load_image_folder(
     files decodes them again, and a failed read caches nothing. ``dataset.source`` says which
     happened.
     """
-    index = folders.index_folder(root, splits, classes)
+    index = folders.index_folder(root, splits, classes, skip_bad)
     key = f"{image_size}|{skip_bad}|{channels}|{sorted(index.files)}|{index.classes}"
-    cache = _cache_path(root, key, cache_dir) if cache_dir != "" else None
+    cache = _cache_path(index, key, cache_dir) if cache_dir != "" else None
     if cache is not None and os.path.exists(cache):
         with np.load(cache) as f:
             loaded = {n: Split(f[f"{n}_images"], f[f"{n}_labels"]) for n in index.files}
         source = f"decoded images from the cache {cache}"
     else:
-        loaded, skipped = {}, 0
+        loaded, skipped = {}, len(index.skipped)
         for name in index.files:
             images, labels, bad = folders.read_split(index, name, image_size, skip_bad, channels)
             loaded[name], skipped = Split(images, labels), skipped + bad
@@ -176,24 +176,11 @@ def cache_dir_default() -> str:
     )
 
 
-def folder_fingerprint(root: str) -> str:
-    """A digest of what a folder holds: every file's relative path, size and modification
-    time (so a renamed class, an added or re-encoded image changes it)."""
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            stat = os.stat(path)
-            rel = os.path.relpath(path, root)
-            digest.update(f"|{rel}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def _cache_path(root: str, key: str, cache_dir: str | None) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{os.path.abspath(root)}|{key}".encode())
-    digest.update(folder_fingerprint(root).encode())
-    name = f"imagefolder-{digest.hexdigest()[:24]}.npz"
+def _cache_path(index: folders.FolderIndex, key: str, cache_dir: str | None) -> str:
+    """The cache file of an image folder: keyed by what defines the arrays, the files the
+    index lists (:meth:`FolderIndex.fingerprint`) among them."""
+    text = f"v{CACHE_VERSION}|{os.path.abspath(index.root)}|{key}|{index.fingerprint()}"
+    name = f"imagefolder-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
     return os.path.join(cache_dir or cache_dir_default(), name)
 
 

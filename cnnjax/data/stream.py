@@ -494,6 +494,7 @@ def open_stream(
     val_fraction: float = 0.1,
     seed: int = 0,
     train_fraction: float = 1.0,
+    skip_bad: bool = False,
 ) -> StreamDataset:
     """``digits``, ``imagefolder`` (root in ``data_dir``) or a prepared TFDS dataset as
     sources: the same splits, held-out examples and training subset as
@@ -509,7 +510,7 @@ def open_stream(
         out = StreamDataset("digits", 10, splits, image_size or 32, 1, False, data.class_names)
         out.source, out.fingerprint = "in-memory arrays", f"digits:{digest}"
     elif name == "imagefolder":
-        out = _open_folder(data_dir, image_size)
+        out = _open_folder(data_dir, image_size, skip_bad)
     else:
         out = _open_tfds(name, data_dir, image_size)
     for alias in ("val", "valid"):
@@ -535,10 +536,8 @@ def _arrays_digest(splits) -> str:
     return digest.hexdigest()[:24]
 
 
-def _open_folder(root: str, image_size: int | None) -> StreamDataset:
-    from cnnjax.data.sources import folder_fingerprint
-
-    index = folders.index_folder(root)
+def _open_folder(root: str, image_size: int | None, skip_bad: bool) -> StreamDataset:
+    index = folders.index_folder(root, skip_bad=skip_bad)
     splits = {name: FolderSource(root, entries) for name, entries in index.files.items()}
     size, resize = image_size, image_size is not None
     if size is None:  # the first image sets the size every other one must have
@@ -552,7 +551,7 @@ def _open_folder(root: str, image_size: int | None) -> StreamDataset:
         size = im.width
     out = StreamDataset(f"imagefolder:{root}", len(index.classes), splits, size, 3, resize)
     out.class_names, out.source = index.classes, f"image files under {root}"
-    out.fingerprint = f"folder:{folder_fingerprint(root)}"
+    out.fingerprint = f"folder:{index.fingerprint()}"
     return out
 
 

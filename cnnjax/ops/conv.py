@@ -17,7 +17,26 @@ Backends compute the same function and are swapped with ``backend=``:
 * ``"winograd"``: Winograd F(2×2, 3×3) minimal filtering for 3×3 stride-1 layers
   (:mod:`cnnjax.ops._winograd`);
 * ``"auto"``: the cheapest backend under the cost model of :func:`conv_cost`; ask which with
-  :func:`select_backend`.
+  :func:`select_backend`. It picks ``"fft"`` for large kernels (from 7×7 on the development
+  CPU), and the FFT's errors are those of the whole image (below): for inputs with outliers
+  or non-finite values, ask for ``"xla"``.
+
+Accuracy of ``"fft"``. Every output of an image carries the rounding of transforms over the
+whole padded image, so its error scales with the image's largest values, not with the values
+its window sees. For image n and output channel o, in the dtype's unit round-off u
+(2⁻²⁴ for float32), with L the transform's points, K the kernel's taps and Cin the input
+channels::
+
+    max |ŷ − y| ≤ (32·log₂L + 2K + Cin + 10) · u · Σ_c ‖x_{n,c}‖₂ ‖w_{c,o}‖₁
+                ≤ (32·log₂L + 2K + Cin + 10) · u · √P · max|x_n| · Σ_c ‖w_{c,o}‖₁
+
+(P: the image's padded positions; the sum over c runs over the channels output o sees).
+Derivation: each FFT of L points is accurate to about 16·u·log₂L of its input's 2-norm (the
+norm-wise bound of Cooley–Tukey transforms with a margin for XLA's mixed radices 3, 5, 7); the
+kernel's spectrum sums K taps, the channel contraction Cin products; Young's inequality bounds
+‖y‖₂ by the same Σ_c ‖x_c‖₂ ‖w_{c,o}‖₁. Tested against float64 with an outlier pixel. So one
+pixel of 1e30 moves outputs far from it by up to ~1e22, and one NaN or inf anywhere in an
+image makes every output of that image NaN (``"xla"``: only those whose windows reach it).
 
 All validation happens here, once, and raises ``ValueError``/``TypeError`` naming the argument.
 

@@ -9,7 +9,13 @@ with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compile
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
-from cnnjax.train.config import build_model, check_model_config, default_config, validate_config
+from cnnjax.train.config import (
+    build_model,
+    check_model_config,
+    default_config,
+    describe_fields,
+    validate_config,
+)
 from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine, streamed_batch
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.loop import train_and_evaluate
@@ -31,6 +37,7 @@ from cnnjax.train.step import (
     apply_grads,
     assemble_batch,
     batch_plan,
+    default_tta,
     ema_update,
     eval_step,
     init_state,
@@ -39,6 +46,7 @@ from cnnjax.train.step import (
     make_step_fns,
     train_step,
     tta_logits,
+    unseen_views,
     variables_of,
 )
 
@@ -64,6 +72,8 @@ __all__ = [
     "check_model_config",
     "choose_input",
     "default_config",
+    "default_tta",
+    "describe_fields",
     "ema_update",
     "eval_step",
     "evaluate",
@@ -92,6 +102,7 @@ __all__ = [
     "train_step",
     "translation_report",
     "tta_logits",
+    "unseen_views",
     "validate_config",
     "variables_of",
 ]

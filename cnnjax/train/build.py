@@ -45,32 +45,33 @@ def choose_input(config) -> tuple[str, str]:
         return config.input, f"`input={config.input}`"
     if config.augment != "crop_flip":
         return "stream", f"`augment={config.augment}` crops on the host"
-    size = _train_bytes(config)
+    size = _decoded_bytes(config)
     budget = config.device_data_gb * 2**30
     if size is None:
         return "stream", "the image size is unknown until decoded; set `image_size`"
     verdict = "over" if size > budget else "within"
-    amount = f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
     reason = (
-        f"the decoded training split takes about {amount} per device, {verdict} "
+        f"the decoded training split takes about {_gb(size)} per device, {verdict} "
         f"`device_data_gb={config.device_data_gb:g}`"
     )
     return ("stream" if size > budget else "device"), reason
 
 
-def _train_bytes(config) -> int | None:
-    """Bytes of the decoded (uint8) training split, or None when the size is unknown."""
+def _decoded_bytes(config, train_only: bool = True) -> int | None:
+    """Bytes of the decoded (uint8) training split (``train_only``) or of every split, from
+    the number of examples and the image size, or None when the size is unknown."""
     if config.dataset == "digits":
         size = config.image_size or 32
         return streaming.split_bytes(1797, (size, size, 1))
     if config.dataset == "imagefolder":
-        index = folders.index_folder(config.data_dir)
-        files = index.files.get("train") or next(iter(index.files.values()))
+        index = folders.index_folder(config.data_dir, skip_bad=config.skip_bad_images)
+        train = index.files.get("train") or next(iter(index.files.values()))
+        count = len(train) if train_only else sum(map(len, index.files.values()))
         size = config.image_size
         if size is None:
-            first = folders.open_image(os.path.join(index.root, files[0][0]))
-            return streaming.split_bytes(len(files), (first.height, first.width, 3))
-        return streaming.split_bytes(len(files), (size, size, 3))
+            first = folders.open_image(os.path.join(index.root, train[0][0]))
+            return streaming.split_bytes(count, (first.height, first.width, 3))
+        return streaming.split_bytes(count, (size, size, 3))
     from cnnjax.data.sources import _tensorflow
 
     _tensorflow()
@@ -78,13 +79,44 @@ def _train_bytes(config) -> int | None:
 
     try:
         info = tfds.builder(config.dataset, data_dir=config.data_dir).info
-        count = info.splits["train"].num_examples
+        counts = {name: split.num_examples for name, split in info.splits.items()}
+        count = counts["train"] if train_only else sum(counts.values())
     except Exception:  # unknown, unprepared or without train: the loader says what to do
         return 0
     shape = info.features["image"].shape
     if config.image_size:
         shape = (config.image_size, config.image_size, shape[-1])
     return None if None in shape else streaming.split_bytes(count, shape)
+
+
+def _gb(size: int) -> str:
+    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system can still give this process (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits_in_memory(config) -> None:
+    """Refuses, before anything is decoded, a dataset whose decoded splits would take more
+    than 80 % of the memory the system has available (``input="device"`` decodes them all
+    into memory: float32, four times as much, after ``gcn_zca``)."""
+    size, available = _decoded_bytes(config, train_only=False), _available_memory()
+    if not size or available is None:
+        return
+    size *= 4 if config.preprocess == "gcn_zca" else 1
+    if size > 0.8 * available:
+        raise ConfigError(
+            f"decoding {config.dataset!r} into memory would take about {_gb(size)}, more than "
+            f"the {_gb(available)} this machine has available: set a smaller `image_size` (now "
+            f'{config.image_size}), or `input="stream"` to read it batch by batch.'
+        )
 
 
 def load_data(config, input: str = "device") -> tuple[Dataset, Normalization]:
@@ -94,6 +126,7 @@ def load_data(config, input: str = "device") -> tuple[Dataset, Normalization]:
     of an in-memory split, as on the device path)."""
     if input == "stream":
         return _load_stream(config)
+    check_fits_in_memory(config)
     dataset = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -122,6 +155,7 @@ def _load_stream(config) -> tuple[streaming.StreamDataset, Normalization]:
         val_fraction=config.val_fraction,
         seed=config.split_seed,
         train_fraction=config.train_fraction,
+        skip_bad=config.skip_bad_images,
     )
     if config.preprocess == "none":
         channels = data.channels

@@ -26,6 +26,29 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def describe_fields() -> str:
+    """Every field as ``--config.NAME=DEFAULT  what it means`` (the comments of the field
+    definitions below), section by section: what ``--config_help`` prints."""
+    import inspect
+    import re
+
+    defaults, out = default_config(), []
+    for section in (_model_fields, _data_fields, _optimisation_fields, _run_fields):
+        out.append(f"{section.__name__.strip('_').replace('_fields', '')} fields:")
+        notes: list[str] = []
+        for line in inspect.getsource(section).splitlines()[1:]:
+            line = line.strip()
+            field = re.match(r"c\.(\w+) = .*?(?:  # (.*))?$", line)
+            if line.startswith("#"):
+                notes.append(line.lstrip("# "))
+            elif field:
+                name, comment = field.group(1), field.group(2)
+                text = " ".join([*notes, comment or ""]).strip()
+                out.append(f"  --config.{name}={defaults[name]!r}" + (f"  {text}" if text else ""))
+                notes = []
+    return "\n".join(out)
+
+
 def _model_fields(c: ml_collections.ConfigDict) -> None:
     # A registry name and the overrides every model accepts (None = the model's default).
     c.model = "all_cnn_c"
@@ -71,7 +94,8 @@ def _data_fields(c: ml_collections.ConfigDict) -> None:
     c.patch_whitening = False  # set the first convolution to whiten image patches (airbench)
     c.whitening_images = 5000  # training images the patch covariance is estimated from
     c.whitening_eps = 5e-4
-    # The final evaluation also with test-time augmentation: "mirror" or "mirror_translate".
+    # The final evaluation also with test-time augmentation: "mirror", "mirror_translate" or
+    # "translate" (cnnjax.train.tta_logits); views the training never made are warned about.
     c.tta = "none"
 
 
@@ -130,7 +154,7 @@ _CHOICES = {
     "weight_decay_on": ("kernels", "all"),
     "crop_mode": ("zeros", "reflect"),
     "flip_mode": ("random", "alternating"),
-    "tta": ("none", "mirror", "mirror_translate"),
+    "tta": ("none", "mirror", "mirror_translate", "translate"),
     "compute_dtype": ("float32", "bfloat16"),
     "parallel": ("jit", "pmap"),
     "preprocess": ("standardize", "gcn_zca", "none"),
@@ -143,7 +167,7 @@ _RANGES = {
     "width": (0.0, math.inf, False),
     "dropout": (0.0, 1.0, True),
     "input_dropout": (0.0, 1.0, True),
-    "image_size": (1, math.inf, True),
+    "image_size": (1, 4097, True),  # larger than any model here is built for
     "val_fraction": (0.0, 1.0, True),
     "train_fraction": (0.0, 1.000001, False),
     "whitening_images": (1, math.inf, True),
@@ -167,8 +191,8 @@ _RANGES = {
     "ema_decay": (0.0, 1.0, True),
     "label_smoothing": (0.0, 1.0, True),
     "grad_clip_norm": (0.0, math.inf, False),
-    "seed": (0, math.inf, True),
-    "split_seed": (0, math.inf, True),
+    "seed": (0, 2**32, True),  # 32 bits: what every random stream of a run is keyed by
+    "split_seed": (0, 2**32, True),
     "num_devices": (1, math.inf, True),
     "eval_every_epochs": (1, math.inf, True),
     "eval_batch_size": (1, math.inf, True),
@@ -176,6 +200,38 @@ _RANGES = {
     "keep_checkpoints": (1, math.inf, True),
     "log_every_steps": (1, math.inf, True),
 }
+
+
+_KINDS = {
+    bool: "True or False",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    tuple: "a list of numbers",
+}
+
+
+def _is_number(value, kind) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def _check_types(config: ml_collections.ConfigDict) -> None:
+    """Every field holds a value of its default's kind (None only where the default is)."""
+    defaults = default_config()
+    for key in defaults.keys():
+        value, kind = config[key], defaults.get_type(key)
+        if value is None:
+            ok = defaults[key] is None
+        elif kind in (int, float):
+            ok = _is_number(value, kind)
+        elif kind is tuple:
+            ok = isinstance(value, (tuple, list)) and all(_is_number(v, float) for v in value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"`config.{key}` must be {_KINDS[kind]}, got {value!r}.")
 
 
 def _check_range(key: str, value) -> None:
@@ -199,6 +255,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(valid))}."
         )
+    _check_types(config)
     for key, allowed in _CHOICES.items():
         if config[key] not in allowed:
             raise ConfigError(f"`config.{key}` must be one of {allowed}, got {config[key]!r}.")

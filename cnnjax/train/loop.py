@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ from cnnjax.train.engine import Engine, evaluate
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.plots import plot_curves
-from cnnjax.train.step import TrainState
+from cnnjax.train.step import TrainState, unseen_views
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -130,11 +131,16 @@ class _Run:
             return True
         self.prior = workdir_lib.load_timing(self.workdir, self.first_step)
         if self.lead:  # also at step 0: rows of a start that died before its first checkpoint
-            dropped = workdir_lib.truncate_history(self.workdir, self.first_step)
+            dropped, torn = workdir_lib.truncate_history(self.workdir, self.first_step)
             if dropped:
                 self.say(
                     f"dropped {dropped} metric rows past step {self.first_step} (written "
                     "after its checkpoint)."
+                )
+            if torn:
+                self.say(
+                    "warning: the last line of metrics.jsonl was cut short (a crash or a full "
+                    "disk during a write); it is dropped."
                 )
         self.say(
             f"{self.dataset.summary()}\n{self.input_line}\nmodel {self.config.model}: "
@@ -146,8 +152,8 @@ class _Run:
         return False
 
     def finished_results(self) -> dict[str, float]:
-        with open(os.path.join(self.workdir, "results.json")) as f:
-            return json.load(f)
+        path = os.path.join(self.workdir, "results.json")
+        return workdir_lib.read_json(path, "remove it to evaluate the finished run again.")
 
     def timing(self) -> dict[str, float]:
         """Seconds of the whole run so far, over this process and the ones it resumed:
@@ -241,7 +247,9 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
     config = run.config
     feed = run.feed = run.open_feed()
     meter = run.meter = _Meter(run.first_step, config.batch_size)
-    bar = _ProgressBar(run, enabled=run.lead and config.progress)
+    # Off when stderr is not a terminal (nohup, a cluster's log): its carriage-return updates
+    # would fill the file; the log rows say the same.
+    bar = _ProgressBar(run, enabled=run.lead and config.progress and sys.stderr.isatty())
     step, pending = run.first_step, None
     try:
         while step < run.total_steps:
@@ -322,6 +330,9 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
     config, engine = run.config, run.engine
     flops = models.count_flops(engine.fns.model, run.dataset.image_shape)
     results: dict[str, float] = {"num_params": float(run.num_params), "flops_per_image": flops}
+    note = unseen_views(config.tta, config.flip, config.crop_padding)
+    if note:
+        run.say(f"warning: {note}")
     for split, key in (("validation", "val"), ("test", "test")):
         if split in run.dataset.splits:
             m = run.evaluate(state, split)

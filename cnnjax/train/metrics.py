@@ -68,6 +68,7 @@ def _clean(v):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The rows of ``metrics.jsonl``."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The complete rows of ``metrics.jsonl`` (a last row still being written is left out)."""
+    from cnnjax.train.workdir import read_rows
+
+    return read_rows(os.path.join(workdir, "metrics.jsonl"))[1]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -17,7 +17,8 @@ from cnnjax.train.checkpoint import Checkpoints
 from cnnjax.train.config import default_config
 from cnnjax.train.engine import evaluate as evaluate_split
 from cnnjax.train.feed import evaluate_stream
-from cnnjax.train.workdir import load_data_info
+from cnnjax.train.step import default_tta, unseen_views
+from cnnjax.train.workdir import CONFIG_REMEDY, load_data_info, read_json
 
 
 def load_run(
@@ -97,8 +98,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"{path} not found: is {workdir!r} the workdir of a run?")
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_json(path, CONFIG_REMEDY)
     config = default_config()
     config.update(ml_collections.ConfigDict(_tuples(saved)))
     return config
@@ -117,10 +117,12 @@ def evaluate_checkpoint(
     """Accuracy of a run's checkpoint (latest, or ``step``) on any dataset split.
 
     ``split`` defaults to ``test`` when the dataset has one, else ``validation``. ``tta``:
-    also with test-time augmentation (the run's ``tta`` views, or "mirror_translate").
-    ``input``: "device" or "stream" (default: how the run trained).
+    also with test-time augmentation: the run's ``tta`` views, or when it set none the views
+    its training augmentation made (:func:`cnnjax.train.default_tta`: no mirror images for a
+    run trained without flips). ``input``: "device" or "stream" (default: how the run trained).
     """
-    views = "mirror_translate" if tta and saved_config(workdir).tta == "none" else None
+    saved = saved_config(workdir)
+    views = default_tta(saved.flip, saved.crop_padding) if tta and saved.tta == "none" else None
     config, engine, state, data = load_run(
         workdir, step=step, dataset=dataset, data_dir=data_dir, tta=views, split=split, input=input
     )
@@ -145,6 +147,9 @@ def evaluate_checkpoint(
         **m,
     }
     if tta:
+        note = unseen_views(config.tta, config.flip, config.crop_padding)
+        if note:
+            warnings.warn(note, stacklevel=2)
         m = evaluate(state, tta=True)
         out["tta"], out["tta_accuracy"] = config.tta, m["accuracy"]
     return out

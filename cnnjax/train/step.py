@@ -283,17 +283,43 @@ def tta_logits(apply: Callable[[jax.Array], jax.Array], x: jax.Array, tta: str) 
 
     "none": ``x`` alone. "mirror": ``x`` and its mirror image, ½ each. "mirror_translate":
     ½ × mirror(x) + ½ × the mean of mirror(x shifted one pixel up-left) and mirror(x shifted one
-    pixel down-right), the shifts over reflect padding: 6 views in all.
+    pixel down-right), the shifts over reflect padding: 6 views in all. "translate": the same
+    without the mirror images, for runs trained on crops without flips: 3 views.
     """
     if tta == "none":
         return apply(x)
     mirror = lambda v: 0.5 * apply(v) + 0.5 * apply(v[:, :, ::-1])
     if tta == "mirror":
         return mirror(x)
+    view = mirror if tta == "mirror_translate" else apply
     _, h, w, _ = x.shape
     padded = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
     shifted = [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
-    return 0.5 * mirror(x) + 0.25 * (mirror(shifted[0]) + mirror(shifted[1]))
+    return 0.5 * view(x) + 0.25 * (view(shifted[0]) + view(shifted[1]))
+
+
+_VIEWS = {(True, True): "mirror_translate", (True, False): "mirror", (False, True): "translate"}
+
+
+def default_tta(flip: bool, crop_padding: int) -> str:
+    """The test-time views a run's training augmentation made: mirror images only when it
+    flipped, shifted views only when it cropped ("none" when it did neither)."""
+    return _VIEWS.get((flip, crop_padding > 0), "none")
+
+
+def unseen_views(tta: str, flip: bool, crop_padding: int) -> str | None:
+    """A sentence when ``tta`` averages views the training never made (None otherwise)."""
+    unseen = []
+    if "mirror" in tta and not flip:
+        unseen.append("mirror images (it trained without flips)")
+    if "translate" in tta and crop_padding == 0:
+        unseen.append("shifted images (it trained without crops)")
+    if not unseen:
+        return None
+    return (
+        f"test-time augmentation {tta!r} averages {' and '.join(unseen)}, which this run never "
+        f"saw; its own views would be {default_tta(flip, crop_padding)!r}."
+    )
 
 
 def eval_step(

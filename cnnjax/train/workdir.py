@@ -119,8 +119,7 @@ def check_config(workdir: str, config, resuming: bool) -> None:
     path = os.path.join(workdir, "config.json")
     wanted = json.loads(config.to_json_best_effort(sort_keys=True))
     if resuming and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = read_json(path, CONFIG_REMEDY)
         changes = config_differences(saved, wanted)
         if changes and not config.allow_config_change:
             raise ConfigError(
@@ -182,23 +181,51 @@ def load_data_info(workdir: str) -> dict | None:
     return _read_json(path) if os.path.exists(path) else None
 
 
-def truncate_history(workdir: str, step: int) -> int:
+def truncate_history(workdir: str, step: int) -> tuple[int, bool]:
     """Drops ``metrics.jsonl`` rows after ``step``, and a final-results row (it is written
-    again when the run finishes); returns how many were dropped."""
+    again when the run finishes). A last line cut short (a crash or a full disk during a
+    write) belongs to a step past the last checkpoint and is dropped too; a damaged line
+    before it stops with one sentence. Returns (rows dropped, whether a torn line was)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    rows = [json.loads(line) for line in lines]
+        return 0, False
+    lines, rows, torn = read_rows(path)
     kept = [
         line
         for line, row in zip(lines, rows, strict=True)
         if row["step"] <= step and "num_params" not in row
     ]
-    if len(kept) != len(lines):
+    if len(kept) != len(lines) or torn:
         _write_atomically(path, "".join(kept))
-    return len(lines) - len(kept)
+    return len(lines) - len(kept), torn
+
+
+def read_rows(path: str) -> tuple[list[str], list[dict], bool]:
+    """The complete rows of a JSON-lines file: (lines, rows, whether a torn last line — one
+    that does not parse, or has no newline — was left out).
+
+    Raises:
+      CheckpointError: a line before the last does not parse (the file is damaged).
+    """
+    with open(path) as f:
+        text = f.read()
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]  # the part after the last newline: "" or a torn row
+    lines = [line for line in lines if line.strip()]
+    rows, torn = [], False
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise CheckpointError(
+                    f"{path} line {number} is damaged ({err.msg}); remove that line to resume."
+                ) from None
+            torn = True
+    if lines and not lines[-1].endswith("\n") and not torn:
+        torn = True  # a whole object without its newline: also a write that did not finish
+        rows.pop()
+    return (lines[:-1] if torn else lines), rows, torn
 
 
 def save_timing(workdir: str, step: int, timing: dict[str, float]) -> None:
@@ -216,11 +243,37 @@ def load_timing(workdir: str, step: int) -> dict[str, float]:
     )
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str, remedy: str) -> dict:
+    """The JSON object in ``path`` ({} when there is no file).
+
+    Raises:
+      ConfigError: the file does not parse; the message names it and says ``remedy``.
+    """
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f"line {err.lineno}: {err.msg}" if hasattr(err, "lineno") else str(err)
+        raise ConfigError(f"{path} is not valid JSON ({where}); {remedy}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} holds a {type(value).__name__}, not an object; {remedy}")
+    return value
+
+
+CONFIG_REMEDY = (
+    "it records the run's config: restore it (a copy of the config file and flags the run was "
+    "started with), or use another --workdir."
+)
+DATA_REMEDY = "it records the run's classes and normalisation: remove it to write it again."
+TIMING_REMEDY = "remove it: the run's recorded times then restart from the next checkpoint."
+
+
+def _read_json(path: str) -> dict:
+    name = os.path.basename(path)
+    remedy = {"data.json": DATA_REMEDY, "config.json": CONFIG_REMEDY}.get(name, TIMING_REMEDY)
+    return read_json(path, remedy)
 
 
 def _write_atomically(path: str, text: str) -> None:
