@@ -320,6 +320,34 @@ def test_a_streamed_run_killed_at_any_moment_resumes_bit_identically(tmp_path):
     assert saved["first"] == 0 and '"next_index": 160' in json.dumps(saved["grain"])
 
 
+def test_a_sigterm_to_the_whole_process_group_still_saves_a_checkpoint(tmp_path):
+    """A scheduler's SIGTERM reaches the input workers too (Ctrl-C's SIGINT as well; workers
+    ignore that one): the run still stops with a checkpoint of the step it reached, and
+    resumes from it. (On this machine the workers' buffer usually holds the next batch, so the
+    loop's fallback for a worker that died of the same signal is rarely needed.)"""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        _cli(workdir),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a scheduler's job step
+    )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(metrics):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:]
+    assert "received SIGTERM: saved the checkpoint of step" in out
+    resumed = subprocess.run(_cli(workdir), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming at step" in resumed.stdout, resumed.stderr
+
+
 def test_a_changed_folder_or_input_refuses_to_resume(tmp_path, digit_folder):
     root = tmp_path / "folder"
     shutil.copytree(digit_folder, root)

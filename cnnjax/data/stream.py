@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 from collections.abc import Sequence
 
 import numpy as np
@@ -409,6 +410,14 @@ def _grain():
     return grain
 
 
+def _leave_interrupts_to_the_parent(index: int, count: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group; a worker that died of it would
+    end the run before the training process saves its checkpoint, so workers ignore SIGINT
+    and are ended by the training process when it closes the stream."""
+    del index, count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_workers() -> int:
     """Input worker processes when the config leaves ``input_workers`` unset: one core is
     left to the training process, at most eight are used."""
@@ -427,9 +436,8 @@ def batches(fn, first: int, stop: int, workers: int, state: dict | None = None, 
     # compete with XLA for the same cores.
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
     if workers:
-        ds = ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
-        )
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+        ds = ds.mp_prefetch(options, worker_init_fn=_leave_interrupts_to_the_parent)
     iterator = iter(ds)
     if state is not None:
         iterator.set_state(state)

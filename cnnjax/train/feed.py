@@ -95,18 +95,6 @@ class StreamFeed:
             state, *self.engine.put_batch(batch["image"], batch["label"], batch["flip"])
         )
 
-    def _next(self) -> dict[str, Any]:
-        try:
-            return next(self.iterator)
-        except RuntimeError as err:
-            if "terminated unexpectedly" not in str(err):
-                raise
-            raise DataError(
-                f"an input worker process died ({str(err).split('. ')[0].lower()}); the last "
-                "checkpoint is kept: run the same command again to resume, with fewer "
-                "`input_workers` if memory ran out."
-            ) from None
-
     def state(self) -> dict[str, Any]:
         """What a checkpoint saves: every process iterates the same steps, so one state."""
         return {

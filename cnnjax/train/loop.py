@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cnnjax import models
 from cnnjax.data import Dataset
 from cnnjax.data import stream as streaming
-from cnnjax.errors import NonFiniteLossError
+from cnnjax.errors import DataError, NonFiniteLossError
 from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
@@ -253,7 +253,15 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
     step, pending = run.first_step, None
     try:
         while step < run.total_steps:
-            state, metrics = feed.step(state)
+            try:
+                state, metrics = feed.step(state)
+            except DataError:
+                if not stop.signal_name:
+                    raise
+                # A SIGTERM to the whole process group (a cluster's scheduler) ends the input
+                # workers too; the state of `step` is whole, so it is saved as on any signal.
+                _save_on_signal(run, state, step, stop.signal_name)
+                return state, step
             step += 1
             if pending is not None:
                 meter.add(*_checked(run, *pending))
