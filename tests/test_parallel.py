@@ -3,7 +3,6 @@ devices; two real processes on the loopback interface match one process with fou
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from cnnjax import parallel, train
 from cnnjax.data import load_dataset, preprocess
 from experiments.configs import allcnn
+from tests.loopback import train_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,58 +121,24 @@ def test_indivisible_global_batch_is_a_clear_error(digits):
         parallel.make_mesh(9)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_on_loopback_match_one_process_with_four_devices(digits, tmp_path):
     dataset, norm = digits
     workdir = str(tmp_path / "multihost")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_NUM_CPU_DEVICES": "2",
-        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "JAX_PLATFORMS": "cpu",
-    }
-    args = [
-        "--config=experiments/configs/allcnn.py:quick",
-        f"--workdir={workdir}",
-        "--config.optimizer=sgd",
-        "--config.learning_rate=0.01",
-        "--config.dropout=0.0",
-        "--config.input_dropout=0.0",
-        "--config.warmup_epochs=0.0",
-        "--config.activation=gelu",
-        "--config.num_epochs=1",
-        "--config.batch_size=256",
-        "--config.progress=False",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-    ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "experiments.train", *args, f"--process_id={i}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=420)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outs = train_processes(
+        [
+            "--config=experiments/configs/allcnn.py:quick",
+            f"--workdir={workdir}",
+            "--config.optimizer=sgd",
+            "--config.learning_rate=0.01",
+            "--config.dropout=0.0",
+            "--config.input_dropout=0.0",
+            "--config.warmup_epochs=0.0",
+            "--config.activation=gelu",
+            "--config.num_epochs=1",
+            "--config.batch_size=256",
+            "--config.progress=False",
+        ]
+    )
     assert "4 device(s)" in outs[0]  # 2 processes x 2 devices form one mesh
     assert "epoch 1/1" in outs[0] and "epoch 1/1" not in outs[1]  # only process 0 logs
 

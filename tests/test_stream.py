@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from cnnjax import data, train
 from cnnjax.data import stream
 from cnnjax.errors import ConfigError, DataError
 from experiments.configs import allcnn
+from tests.loopback import train_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -376,12 +376,6 @@ def test_a_split_smaller_than_one_batch_per_process_is_one_sentence(digit_folder
         train.train_and_evaluate(config, "/tmp/never-written")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_stream_their_shares_and_resume_a_one_process_run(digit_folder, tmp_path):
     """One process with four devices trains two epochs; two processes with two devices each
     resume its first epoch's checkpoint: the same parameters (GELU: see test_parallel.py)."""
@@ -403,44 +397,16 @@ def test_two_processes_stream_their_shares_and_resume_a_one_process_run(digit_fo
     shutil.copytree(one, two)
     shutil.rmtree(os.path.join(two, "checkpoints", "10"))  # as if stopped after epoch 1
     os.remove(os.path.join(two, "results.json"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_NUM_CPU_DEVICES": "2",
-        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "JAX_PLATFORMS": "cpu",
-    }
-    args = [
-        "--config=experiments/configs/allcnn.py:quick",
-        f"--workdir={two}",
-        "--config.progress=False",
-        "--config.input=stream",
-        "--config.input_workers=0",
-        *[f"--config.{k}={v}" for k, v in common.items()],
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-    ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "experiments.train", *args, f"--process_id={i}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=420)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outs = train_processes(
+        [
+            "--config=experiments/configs/allcnn.py:quick",
+            f"--workdir={two}",
+            "--config.progress=False",
+            "--config.input=stream",
+            "--config.input_workers=0",
+            *[f"--config.{k}={v}" for k, v in common.items()],
+        ]
+    )
     assert "resuming at step 5" in outs[0] and "4 device(s)" in outs[0]
     config = quick(num_devices=4, **common)
     dataset, norm = train.load_data(config, "stream")
