@@ -13,16 +13,18 @@ augmentation draws, which are made for the whole global batch from (seed, s) and
 A grain iterator over steps ``0, 1, …`` is then the whole input state of a run: its
 ``get_state()`` goes into the checkpoint beside the train state.
 
-Sources (random access, ``len``, ``labels``, ``image(i)`` as a Pillow image):
-:class:`FolderSource` (``ROOT/<split>/<class>/<file>``, decoded with Pillow in the workers),
-:class:`TfdsSource` (a prepared TFDS dataset through ``tfds.data_source``, ArrayRecord) and
-:class:`ArraySource` (in-memory arrays: digits, a decoded cache).
+Sources (random access: ``len``, ``example(i)`` → (Pillow image, label), ``subset(rows)``):
+:class:`FolderSource` (``ROOT/<split>/<class>/<file>``, decoded in the workers by
+:func:`cnnjax.data.folders.open_image`, as the device path decodes), :class:`TfdsSource` (a
+prepared TFDS dataset through ``tfds.data_source``, ArrayRecord) and :class:`ArraySource`
+(in-memory arrays: digits, a decoded cache).
 
 Augmentation (``augment``): ``"crop_flip"``, the CIFAR recipe of the device path (resize to
 ``image_size`` as the device path decodes, random crop after padding, flips); ``"inception"``,
 the Inception paper's random-resized crop (8–100 % of the area, aspect ratio 3/4–4/3, as in
 torchvision) and flips, evaluated by resizing the shorter side to ``image_size / 0.875`` and
-cropping the centre.
+cropping the centre. The host draws the flips and the step applies them
+(:func:`cnnjax.train.streamed_batch`; :func:`mirrored` does it on the host).
 """
 
 from __future__ import annotations
