@@ -110,7 +110,10 @@ class TfdsSource:
         self.rows = np.arange(len(self._open())) if rows is None else np.asarray(rows)
 
     def _open(self):
-        if self._source is None:
+        if self._source is None:  # in a worker process too: TensorFlow kept off accelerators
+            from cnnjax.data.sources import _tensorflow
+
+            _tensorflow()
             import tensorflow_datasets as tfds
 
             self._source = tfds.data_source(
