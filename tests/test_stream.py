@@ -260,9 +260,9 @@ def test_evaluating_a_run_by_stream_equals_the_device_path(digit_folder, tmp_pat
     on_device = train.evaluate_checkpoint(workdir, split="test")
     streamed = train.evaluate_checkpoint(workdir, split="test", input="stream")
     assert on_device["examples"] == streamed["examples"] == 359
+    # The same padded batches through the same executable, summed in the same order: equal.
     assert streamed["accuracy"] == on_device["accuracy"]
-    # The same padded batches through the same executable: the same sums.
-    assert streamed["loss"] == pytest.approx(on_device["loss"], rel=1e-6)
+    assert streamed["loss"] == on_device["loss"]
 
 
 def _cli(workdir, *extra):
@@ -417,7 +417,9 @@ def test_two_processes_stream_their_shares_and_resume_a_one_process_run(digit_fo
             assert ckpts.latest_step() == 10
             params.append(jax.device_get(ckpts.restore(engine.init())).params)
     for a, b in zip(*map(jax.tree.leaves, params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # tolerance: test_parallel.py
+        # Two processes sum the gradients in another order than one: the agreement
+        # test_parallel.py measures for its loopback job (deriving it from float64 is #27's).
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_streamed_batches_train_alike_under_jit_and_pmap():
@@ -440,7 +442,9 @@ def test_streamed_batches_train_alike_under_jit_and_pmap():
             )
         states.append(jax.device_get(engine.saved(state)))
     for a, b in zip(*(jax.tree.leaves(s.params) for s in states), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # tolerance: test_parallel.py
+        # Summation order differs between the paths: the agreement test_parallel.py measures
+        # for one against four devices (deriving it from float64 is issue #27's work).
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     b = batches(0)
     assert b["flip"].any() and not b["flip"].all()
     x, _ = train.streamed_batch(engine.fns.cfg, b["image"], b["label"], b["flip"])
