@@ -284,3 +284,42 @@ def read_split(
             )
     images = np.stack([a for a, _, _ in good])
     return images, np.asarray([label for _, _, label in good], np.int32), len(bad)
+
+
+def write_image_folder(
+    root: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    *,
+    shorter_side: tuple[int, int] = (80, 160),
+    seed: int = 0,
+    quality: int = 90,
+) -> dict[str, int]:
+    """Writes ``ROOT/<split>/<class>/<index>.jpg`` from arrays, ImageNet-shaped: every image
+    resized (bicubic) to its own random size, the shorter side uniform in ``shorter_side`` and
+    the aspect ratio log-uniform in [3/4, 4/3], as photographs vary.
+
+    ``splits``: name -> (images (N, H, W, C) uint8 with C = 1 or 3, labels (N,) into
+    ``class_names``). Returns the number of images written per split. A small real folder to
+    exercise the streaming path (random crops of images of many sizes) without a download.
+    """
+    from PIL import Image
+
+    lo, hi = shorter_side
+    if not 1 <= lo <= hi:
+        raise ValueError(f"`shorter_side` must be (lo, hi) with 1 <= lo <= hi, got {shorter_side}.")
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, (images, labels) in splits.items():
+        for name in class_names:
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            side = int(rng.integers(lo, hi + 1))
+            ratio = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+            size = (round(side * ratio), side) if ratio >= 1 else (side, round(side / ratio))
+            pixels = image[..., 0] if image.shape[-1] == 1 else image
+            picture = Image.fromarray(pixels).convert("RGB").resize(size, Image.BICUBIC)
+            path = os.path.join(root, split, class_names[int(label)], f"{i:06d}.jpg")
+            picture.save(path, quality=quality)
+        written[split] = len(labels)
+    return written

@@ -7,7 +7,8 @@ takes NHWC images of any size above its minimum and is called as
 activations in computation order. Overrides are the module's attributes: ``width``,
 ``num_classes``, ``dropout``, ``batch_norm``, ``downsample="pool"|"stride"``,
 ``backend`` (the convolution backend), ``activation`` (All-CNN family), ``dtype``,
-``param_dtype`` and per-family ones.
+``param_dtype`` and per-family ones (``aux_logits`` for ``googlenet``, ``zero_init_residual``
+for the ResNets, whose ``downsample`` also takes "standard" and "blurpool").
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import jax.numpy as jnp
 from cnnjax.models._common import ACTIVATIONS
 from cnnjax.models.airbench import AirBench94
 from cnnjax.models.allcnn import AllCNN
+from cnnjax.models.googlenet import GoogLeNet
 from cnnjax.models.inception import GoogLeNetSmall, SmallInception
 from cnnjax.models.nin import NiN
+from cnnjax.models.resnet import ResNet, ResNetBlock
 from cnnjax.models.sharing import LAYERS, SharingNet
 
 _VARIANTS = {  # All-CNN paper name -> (extra 3x3 conv per block, downsampling)
@@ -45,6 +48,8 @@ _REGISTRY.update(
     nin=(NiN, {}),
     small_inception=(SmallInception, {}),
     googlenet_small=(GoogLeNetSmall, {}),
+    googlenet=(GoogLeNet, {}),
+    **{f"resnet{depth}": (ResNet, dict(depth=depth)) for depth in (18, 34, 50)},
     **{f"sharing_{layer}": (SharingNet, dict(layer=layer)) for layer in LAYERS},
     sharing_conv_wide=(SharingNet, dict(layer="conv", channels=116)),
 )
@@ -120,8 +125,11 @@ __all__ = [
     "ACTIVATIONS",
     "AirBench94",
     "AllCNN",
+    "GoogLeNet",
     "GoogLeNetSmall",
     "NiN",
+    "ResNet",
+    "ResNetBlock",
     "SharingNet",
     "SmallInception",
     "accepts_any_size",

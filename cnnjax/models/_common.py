@@ -28,9 +28,19 @@ def check_input(x: jnp.ndarray, model: str) -> None:
     ops.args.check_float(x, "x")
 
 
-def check_downsample(value: str) -> None:
-    if value not in DOWNSAMPLE:
-        raise ValueError(f"`downsample` must be one of {DOWNSAMPLE}, got {value!r}.")
+def check_downsample(value: str, allowed: tuple[str, ...] = DOWNSAMPLE, model: str = "") -> None:
+    if value not in allowed:
+        family = f" for {model}" if model else ""
+        raise ValueError(f"`downsample`{family} must be one of {allowed}, got {value!r}.")
+
+
+def check_min_size(x: jnp.ndarray, smallest: int, model: str, why: str) -> None:
+    """Refuses images smaller than ``smallest`` pixels on a side, saying ``why``."""
+    h, w = x.shape[1:3]
+    if min(h, w) < smallest:
+        raise ValueError(
+            f"{model} takes images of at least {smallest}x{smallest} pixels ({why}); got {h}x{w}."
+        )
 
 
 def activation_fn(name: str):
@@ -60,12 +70,17 @@ def conv_settings(model) -> dict[str, Any]:
 def downsample_layer(
     x: jnp.ndarray, *, kind: str, name: str, train: bool, pool: str = "max", **conv: Any
 ) -> jnp.ndarray:
-    """Halves H and W: a 3×3 stride-2 pool, or a learned 3×3 stride-2 convolution in its place
-    (``conv``: ConvBNAct arguments, see :func:`conv_settings`).
+    """Halves H and W (to ``ceil(H / 2)``): ``kind`` "pool", a 3×3 stride-2 pool; "stride", a
+    learned 3×3 stride-2 convolution in its place that keeps the channels (``conv``: ConvBNAct
+    arguments, see :func:`conv_settings`); "blurpool", Zhang's (2019) anti-aliased max-pool, a
+    3×3 stride-1 max-pool then a binomial low-pass filter sampled at stride 2
+    (:func:`cnnjax.ops.blur_pool`).
 
-    Both use one pixel of padding on each side, so 32 -> 16 -> 8 for either choice.
+    All use one pixel of padding on each side, so 32 -> 16 -> 8 for every choice.
     """
     if kind == "pool":
         fn = ops.max_pool if pool == "max" else ops.avg_pool
         return fn(x, 3, 2, 1)
+    if kind == "blurpool":
+        return ops.blur_pool(ops.max_pool(x, 3, 1, 1), stride=2)
     return ConvBNAct(x.shape[-1], 3, 2, 1, name=name, **conv)(x, train)

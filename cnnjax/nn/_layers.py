@@ -169,7 +169,8 @@ class ConvBNAct(nn.Module):
 
     With ``batch_norm`` the convolution has no bias (BatchNorm's shift replaces it).
     ``__call__(x, train)``: BatchNorm uses batch statistics and updates its running averages
-    (collection ``batch_stats``) when ``train`` is True.
+    (collection ``batch_stats``) when ``train`` is True. ``bn_scale_init``: zeros makes the
+    block start as the zero function (the last BatchNorm of a residual branch, Goyal et al.).
     """
 
     features: int
@@ -182,6 +183,8 @@ class ConvBNAct(nn.Module):
     backend: str = "xla"
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    kernel_init: Initializer = he_normal
+    bn_scale_init: Initializer = nn.initializers.ones
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -194,16 +197,24 @@ class ConvBNAct(nn.Module):
             backend=self.backend,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
             name="conv",
         )(x)
         if self.batch_norm:
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                axis_name=self.bn_axis_name if train else None,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=x.dtype,  # the convolution's computation dtype, whatever param_dtype is
-                param_dtype=self.param_dtype,
-                name="bn",
-            )(x)
+            # Flax's BatchNorm subtracts float32 statistics from bfloat16 activations by design
+            # (the result is cast back to `dtype`); allowed even where promotion is strict.
+            with jax.numpy_dtype_promotion("standard"):
+                x = self._batch_norm(x, train)
         return self.activation(x) if self.activation is not None else x
+
+    def _batch_norm(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        return nn.BatchNorm(
+            use_running_average=not train,
+            axis_name=self.bn_axis_name if train else None,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=x.dtype,  # the convolution's computation dtype, whatever param_dtype is
+            param_dtype=self.param_dtype,
+            scale_init=self.bn_scale_init,
+            name="bn",
+        )(x)

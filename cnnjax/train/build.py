@@ -208,6 +208,7 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
         norm=norm,
         seed=config.seed,
         label_smoothing=config.label_smoothing,
+        aux_loss_weight=config.aux_loss_weight,
         crop_padding=config.crop_padding,
         crop_mode=config.crop_mode,
         flip=config.flip,

@@ -58,6 +58,7 @@ def _model_fields(c: ml_collections.ConfigDict) -> None:
     c.input_dropout = config_dict.placeholder(float)  # All-CNN: dropout on the input images
     c.downsample = config_dict.placeholder(str)
     c.activation = config_dict.placeholder(str)  # e.g. "gelu" (All-CNN family; default ReLU)
+    c.aux_logits = config_dict.placeholder(bool)  # googlenet: its two auxiliary classifiers
     c.backend = "xla"  # convolution backend of every layer: see cnnjax.ops.conv
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters
 
@@ -118,6 +119,8 @@ def _optimisation_fields(c: ml_collections.ConfigDict) -> None:
     c.warmup_start = 0.0  # the warm-up starts at this fraction of the rate
     c.final_lr_factor = 0.0  # "linear": decays from the rate to this fraction of it
     c.label_smoothing = 0.0
+    # Models with auxiliary classifiers (googlenet): their losses, times this, join the loss.
+    c.aux_loss_weight = 0.3
     c.grad_clip_norm = config_dict.placeholder(float)
     # Parameter groups, by glob patterns on parameter paths such as "block1_bn1/bias":
     c.lr_multipliers = ""  # "pattern=factor,...": e.g. "*_bn*/bias=64"
@@ -190,6 +193,7 @@ _RANGES = {
     "lookahead_decay": (0.0, 1.0, True),
     "ema_decay": (0.0, 1.0, True),
     "label_smoothing": (0.0, 1.0, True),
+    "aux_loss_weight": (0.0, math.inf, True),
     "grad_clip_norm": (0.0, math.inf, False),
     "seed": (0, 2**32, True),  # 32 bits: what every random stream of a run is keyed by
     "split_seed": (0, 2**32, True),
@@ -310,7 +314,14 @@ def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> No
 
 
 # Config fields passed to the model when set (None keeps the model's own default).
-_MODEL_OVERRIDES = ("batch_norm", "dropout", "input_dropout", "downsample", "activation")
+_MODEL_OVERRIDES = (
+    "batch_norm",
+    "dropout",
+    "input_dropout",
+    "downsample",
+    "activation",
+    "aux_logits",
+)
 
 
 def build_model(config, num_classes: int):

@@ -20,7 +20,14 @@ from jax.sharding import Mesh
 
 from cnnjax import parallel
 from cnnjax.data import apply_augment, normalize
-from cnnjax.train.step import StepConfig, StepFns, TrainState, assemble_batch, batch_plan
+from cnnjax.train.step import (
+    StepConfig,
+    StepFns,
+    TrainState,
+    assemble_batch,
+    batch_plan,
+    eval_means,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +162,7 @@ def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int,
     ``tta``: with the test-time views of the run's ``tta`` setting."""
     devices = engine.num_devices
     batch_size = max(devices, batch_size // devices * devices)
-    totals = {"loss": 0.0, "correct": 0, "count": 0}
+    totals: dict[str, float] = {}
     for start in range(0, len(labels), batch_size):
         xb = images[start : start + batch_size]
         yb = np.asarray(labels[start : start + batch_size], np.int32)
@@ -164,6 +171,5 @@ def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int,
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, -np.ones(pad, np.int32)])
         for k, v in jax.device_get(engine.eval_batch(state, xb, yb, tta)).items():
-            totals[k] += v
-    count = max(int(totals["count"]), 1)
-    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
+            totals[k] = totals.get(k, 0) + v
+    return eval_means(totals)

@@ -18,6 +18,7 @@ import jax
 from cnnjax.data import stream as streaming
 from cnnjax.errors import DataError
 from cnnjax.train.engine import Engine
+from cnnjax.train.step import eval_means
 
 
 class DeviceFeed:
@@ -123,14 +124,13 @@ def evaluate_stream(
     devices = engine.num_devices
     batch_size = max(devices, batch_size // devices * devices)
     fn = streaming.EvalBatches(source, batch_size, spec, jax.process_index(), jax.process_count())
-    totals = {"loss": 0.0, "correct": 0, "count": 0}
+    totals: dict[str, float] = {}
     iterator = streaming.batches(fn, 0, len(fn), workers=0, threads=threads)
     try:
         for batch in iterator:
             metrics = engine.eval_local(state, batch["image"], batch["label"], tta)
             for k, v in jax.device_get(metrics).items():
-                totals[k] += v
+                totals[k] = totals.get(k, 0) + v
     finally:
         iterator.close()
-    count = max(int(totals["count"]), 1)
-    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
+    return eval_means(totals)

@@ -346,6 +346,8 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
             m = run.evaluate(state, split)
             results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
             results[f"{key}_error"] = 1.0 - m["accuracy"]
+            if "top5_accuracy" in m:
+                results[f"{key}_top5_accuracy"] = m["top5_accuracy"]
             if config.tta != "none":
                 results[f"{key}_tta_accuracy"] = run.evaluate(state, split, tta=True)["accuracy"]
     # Like airbench: training plus the final evaluation, not the per-epoch evaluations nor
@@ -440,6 +442,7 @@ def _epoch_line(epoch: int, num_epochs: float, m: dict[str, float]) -> str:
         ("train_accuracy", "{:.3f}"),
         ("val_loss", "{:.4f}"),
         ("val_accuracy", "{:.3f}"),
+        ("val_top5_accuracy", "{:.3f}"),
         ("learning_rate", "{:.3g}"),
         ("train_images_per_sec", "{:.0f}"),
     ):

@@ -45,7 +45,10 @@ def make_schedule(
         }
         main = optax.piecewise_constant_schedule(lr, boundaries)
     elif config.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+        cosine = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+        # optax mixes the integer step with a Python float; the float32 step it promotes to
+        # under JAX's standard rules, given explicitly, also works where promotion is strict.
+        main = lambda step: cosine(jnp.asarray(step, jnp.float32))
     elif config.schedule == "linear":
         main = optax.linear_schedule(lr, lr * config.final_lr_factor, max(total - warmup, 1))
     else:

@@ -66,6 +66,8 @@ class StepConfig:
       seed: every random draw (initialisation, batch order, augmentation, dropout) derives
         from it and the step number.
       label_smoothing: mass moved from the true class to all classes, in [0, 1).
+      aux_loss_weight: weight of each auxiliary classifier's loss (the logits a model records
+        in its ``aux_logits`` collection in training, GoogLeNet's two heads) in the loss.
       crop_padding: random crops after padding by this many pixels (0: no crops).
       crop_mode: the padding for crops, "zeros" or "reflect".
       flip: horizontal flips; ``flip_mode`` "random" (each image, each step) or
@@ -85,6 +87,7 @@ class StepConfig:
     norm: Normalization
     seed: int = 0
     label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
     crop_padding: int = 0
     crop_mode: str = "zeros"
     flip: bool = False
@@ -175,9 +178,11 @@ def assemble_batch(cfg: StepConfig, images, labels, plan: BatchPlan):
 def loss_and_grads(
     model: nn.Module, cfg: StepConfig, params, batch_stats, x, y, dropout_key
 ) -> tuple[Any, Any, Metrics]:
-    """Gradients of the mean (label-smoothed) cross-entropy of one batch.
+    """Gradients of the mean (label-smoothed) cross-entropy of one batch, plus
+    ``cfg.aux_loss_weight`` times that of every auxiliary classifier the model has.
 
-    Returns (grads, new BatchNorm statistics, {"loss", "accuracy"}).
+    Returns (grads, new BatchNorm statistics, {"loss", "accuracy"}): the loss includes the
+    auxiliary terms, the accuracy is the main classifier's.
     """
 
     frozen = mask(params, cfg.frozen) if cfg.frozen else None
@@ -190,10 +195,13 @@ def loss_and_grads(
             x,
             train=True,
             rngs={"dropout": dropout_key},
-            mutable=["batch_stats"],
+            mutable=["batch_stats", "aux_logits"],
         )
         targets = optax.smooth_labels(jax.nn.one_hot(y, cfg.num_classes), cfg.label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
+        for (aux,) in updates.get("aux_logits", {}).values():  # sow keeps a tuple per name
+            aux_loss = optax.softmax_cross_entropy(aux.astype(jnp.float32), targets).mean()
+            loss = loss + cfg.aux_loss_weight * aux_loss
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (accuracy, updates.get("batch_stats", batch_stats))
 
@@ -325,7 +333,8 @@ def unseen_views(tta: str, flip: bool, crop_padding: int) -> str | None:
 def eval_step(
     state: TrainState, images, labels, *, model: nn.Module, cfg: StepConfig, tta: str = "none"
 ) -> Metrics:
-    """Summed loss, correct predictions and count of a padded batch; labels < 0 are padding.
+    """Summed loss, correct predictions (top-1, and top-5 with more than 5 classes) and count
+    of a padded batch; labels < 0 are padding.
 
     Uses the EMA weights when the run keeps them, and ``tta`` views (:func:`tta_logits`)."""
     weights = state.averages.get("ema", {"params": state.params, "batch_stats": state.batch_stats})
@@ -335,11 +344,26 @@ def eval_step(
     valid = labels >= 0
     y = jnp.maximum(labels, 0)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return {
+    sums = {
         "loss": jnp.sum(jnp.where(valid, losses, 0.0)),
         "correct": jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == y, False)),
         "count": jnp.sum(valid),
     }
+    if logits.shape[-1] > 5:
+        # In the top 5 when fewer than 5 classes score strictly higher (ties count for the label).
+        rank = jnp.sum(logits > jnp.take_along_axis(logits, y[:, None], -1), axis=-1)
+        sums["correct_top5"] = jnp.sum(jnp.where(valid, rank < 5, False))
+    return sums
+
+
+def eval_means(totals: dict[str, Any]) -> dict[str, float]:
+    """Mean loss, accuracy and (where counted) top-5 accuracy from the summed ``eval_step``
+    metrics of a whole split."""
+    count = max(int(totals["count"]), 1)
+    means = {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
+    if "correct_top5" in totals:
+        means["top5_accuracy"] = float(totals["correct_top5"]) / count
+    return means
 
 
 class StepFns(NamedTuple):
