@@ -72,6 +72,7 @@ def build_train_step(
     path: str = "jit",
     base=None,
     downsample: str | None = None,
+    batch_norm: bool | None = None,
 ):
     """The engine of a training run (``path`` "jit" or "pmap") on a random dataset of 4
     batches, built by :func:`cnnjax.train.build_engine` like every run; returns the engine,
@@ -91,6 +92,8 @@ def build_train_step(
     config.crop_padding, config.flip, config.lookahead_every = 0, False, 0
     if downsample is not None:
         config.downsample = downsample
+    if batch_norm is not None:
+        config.batch_norm = batch_norm
     fields = models.model_fields(model_name)
     for key in ("dropout", "input_dropout"):
         if key in fields:

@@ -2,6 +2,7 @@
 
     python -m experiments.bench_train --model=all_cnn_c --batch=128 --dtype=float32
     python -m experiments.bench_train --model=all_cnn_c --width=0.5 --dtype=bfloat16
+    python -m experiments.bench_train --model=resnet50 --image_size=224 --batch=32 --num_devices=1
 
 Measures the real train step of ``cnnjax.train.build_engine`` (batch gather from a device-resident
 dataset, forward, backward, SGD with momentum) on random 32×32×3 images, with dropout,
@@ -32,6 +33,7 @@ flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 flags.DEFINE_string("backend", "xla", "Convolution backend of every layer (cnnjax.ops.conv).")
 flags.DEFINE_integer("num_devices", None, "Devices to use (default: all).")
 flags.DEFINE_string("downsample", None, "The model's downsampling (e.g. stride), if it has one.")
+flags.DEFINE_bool("batch_norm", None, "BatchNorm after every convolution (models that offer it).")
 flags.DEFINE_bool("matmul_rate", False, "Also measure the float32 matmul rate and utilisation.")
 
 
@@ -51,6 +53,7 @@ def main(argv):
         FLAGS.num_devices,
         base=base,
         downsample=FLAGS.downsample,
+        batch_norm=FLAGS.batch_norm,
     )
     seconds, _ = _bench.time_train_step(engine, state, data, FLAGS.steps)
     img_s = FLAGS.batch / seconds

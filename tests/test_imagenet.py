@@ -366,3 +366,21 @@ def test_quick_recipe_streams_and_reports_top5(tmp_path):
     assert any("val_top5_accuracy" in row for row in rows)
     with open(tmp_path / "run" / "data.json") as f:
         assert json.load(f)["input"] == "stream"
+
+
+def test_model_table_rows_of_the_downsampling_variants():
+    from experiments import model_table
+
+    assert models.downsample_choices("resnet18") == ("standard", "pool", "stride", "blurpool")
+    assert models.downsample_choices("googlenet") == ("pool", "stride", "blurpool")
+    assert models.downsample_choices("sharing_dense") == ()
+    # ResNet-18's chain gives 435 at any size; with "pool" each stage's first block pools at
+    # the old stride and its first 3x3 convolution then runs at the new one (8, 16, 32)
+    # instead of striding: 435 + 2 * (8 + 16 + 32) = 547.
+    standard = model_table.model_row("resnet18", 64, 10)
+    pooled = model_table.model_row("resnet18", 64, 10, downsample="pool")
+    assert standard[0] == "resnet18" and standard[3] == "435x435 (stride 32)"
+    assert pooled[0] == "resnet18 (pool)" and pooled[3] == "547x547 (stride 32)"
+    assert standard[1] == pooled[1] == f"{11_181_642:,}"  # 10 classes: 11,689,512 - 990 * 513
+    blurred = model_table.model_row("googlenet", 64, 10, downsample="blurpool")
+    assert blurred[3] == "not analysable (rev)"

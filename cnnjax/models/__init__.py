@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models._common import ACTIVATIONS
+from cnnjax.models import airbench, googlenet, resnet
+from cnnjax.models._common import ACTIVATIONS, DOWNSAMPLE
 from cnnjax.models.airbench import AirBench94
 from cnnjax.models.allcnn import AllCNN
 from cnnjax.models.googlenet import GoogLeNet
@@ -70,6 +71,15 @@ def model_fields(name: str) -> list[str]:
     """The overrides a model accepts."""
     cls, _ = _lookup(name)
     return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def downsample_choices(name: str) -> tuple[str, ...]:
+    """The values the model's ``downsample`` takes (empty for a model without the setting)."""
+    cls, _ = _lookup(name)
+    if "downsample" not in model_fields(name):
+        return ()
+    families = {AirBench94: airbench, GoogLeNet: googlenet, ResNet: resnet}
+    return families[cls].DOWNSAMPLE if cls in families else DOWNSAMPLE
 
 
 def _lookup(name: str):
@@ -135,6 +145,7 @@ __all__ = [
     "accepts_any_size",
     "count_flops",
     "count_params",
+    "downsample_choices",
     "get_model",
     "list_models",
     "model_fields",

@@ -26,14 +26,22 @@ Variants:
                accelerator: 6.8 minutes on one H100 as five processes, one per variant
                (--config.variants=pool, ...), then once with all five to write the table.
   fast_quick   the fast study on digits in minutes (2 seeds), for tests.
+  imagenet     ResNet-18's downsampling (standard: the stem pools and the stages stride;
+               pool; stride; blurpool) on the ImageNet recipe's :quick folder (write it first
+               with ``python -m experiments.make_image_folder``), 2 seeds, top-1 and top-5:
+               about 6 minutes on 2 CPU cores.
+  imagenet_gpu the same question at scale: ResNet-50 on ImageNet with flax's recipe
+               (``imagenet.py:gpu``, bfloat16), one seed per variant; set
+               ``--config.train.data_dir`` to the prepared TFDS data.
 """
 
 import ml_collections
 
-from experiments.configs import airbench, allcnn
+from experiments.configs import airbench, allcnn, imagenet
 
 C_VARIANTS = "model_c,strided_cnn_c,convpool_cnn_c,all_cnn_c"
 FAST_VARIANTS = "pool,avgpool,stride,extra_stride,blurpool"
+IMAGENET_VARIANTS = "standard,pool,stride,blurpool"
 
 
 def get_config(arg: str | None = None):
@@ -86,9 +94,15 @@ def get_config(arg: str | None = None):
             c.seeds = 10
         else:
             c.seeds = 2
+    elif arg in ("imagenet", "imagenet_gpu"):
+        c.variant_field = "downsample"
+        c.variants = IMAGENET_VARIANTS
+        c.train = imagenet.get_config("quick" if arg == "imagenet" else "gpu")
+        c.seeds = 2 if arg == "imagenet" else 1
+        c.out_dir = f"results/pool_vs_stride_{arg}"
     else:
         raise ValueError(
-            f"unknown study {arg!r}; use 'quick', 'cpu', 'paper', 'fast', 'fast_gpu' or "
-            "'fast_quick'."
+            f"unknown study {arg!r}; use 'quick', 'cpu', 'paper', 'fast', 'fast_gpu', "
+            "'fast_quick', 'imagenet' or 'imagenet_gpu'."
         )
     return c
