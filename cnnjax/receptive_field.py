@@ -304,6 +304,14 @@ def _rule_expand_dims(eqn, ins, shape) -> Info:
     return _relabel(ins[0], shape, mapping)
 
 
+def _rule_stack(eqn, ins, shape) -> Info:
+    # A new axis at `axis`: the operands' axes from there on move one place up; then a union,
+    # as the stacked copies (e.g. im2col's shifted slices) are joined.
+    axis = eqn.params["axis"]
+    mapping = {d: d if d < axis else d + 1 for d in range(len(shape))}
+    return _union([_relabel(info, shape, mapping) for info in ins], "stack")
+
+
 def _rule_concatenate(eqn, ins, shape) -> Info:
     for info in ins:
         if any(ax.var_axis == eqn.params["dimension"] for ax in info.values()):
@@ -330,6 +338,7 @@ _RULES = {
     "expand_dims": _rule_expand_dims,
     "reshape": lambda eqn, ins, shape: _reshape(ins[0], shape, eqn.params["new_sizes"]),
     "concatenate": _rule_concatenate,
+    "stack": _rule_stack,
 }
 
 
@@ -379,7 +388,13 @@ def _walk(jaxpr, in_infos: list[Info]) -> list[Info]:
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         sub = _sub_jaxpr(eqn)
-        if sub is not None and any(ins):
+        if eqn.primitive.name == "cond" and any(ins):
+            # Branches chosen at run time (e.g. by platform): a unit may see what any branch
+            # sees, so each output's field is the union over the branches. Operand 0 is the
+            # branch index.
+            per_branch = [_walk(b.jaxpr, ins[1:]) for b in eqn.params["branches"]]
+            outs = [_union(list(infos), "cond") for infos in zip(*per_branch, strict=True)]
+        elif sub is not None and any(ins):
             # custom_vjp/jvp calls pass extra leading inputs (e.g. residual consts); align right.
             sub_ins = ([{}] * (len(sub.invars) - len(ins)) + ins)[-len(sub.invars) :]
             outs = _walk(sub, sub_ins)[: len(eqn.outvars)]

@@ -78,8 +78,8 @@ def _im2col_product(x, w, pads, stride, dilation):
     """The convolution as im2col (stacked strided slices) times the kernel matrix."""
     xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
     cols = im2col_slices(xp, w.shape[:-2], stride, dilation)  # (N, *O, ∏K, Cin)
-    y = cols.reshape(-1, cols.shape[-2] * cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
-    return y.reshape(*cols.shape[:-2], w.shape[-1])
+    cols = cols.reshape(*cols.shape[:-2], -1)  # the spatial axes kept, for receptive fields
+    return _pointwise(cols, w.reshape(-1, w.shape[-1]))
 
 
 @jax.custom_jvp
@@ -127,7 +127,12 @@ def _strided_jvp(pads, stride, dilation, primals, tangents):
     x_dot, w_dot = tangents
     conv = functools.partial(_lax_conv, pads=pads, stride=stride, dilation=dilation, groups=1)
 
-    product = functools.partial(_im2col_product, pads=pads, stride=stride, dilation=dilation)
+    def product(x_dot, w):  # linear in x_dot: reverse mode transposes it into col2im(E·Wᵀ)
+        xp = jnp.pad(x_dot, [(0, 0), *pads, (0, 0)])
+        cols = im2col_slices(xp, w.shape[:-2], stride, dilation)  # (N, *O, ∏K, Cin)
+        y = cols.reshape(-1, cols.shape[-2] * cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
+        return y.reshape(*cols.shape[:-2], w.shape[-1])
+
     parts = []  # one term per tangent that is not symbolically zero
     if not isinstance(x_dot, SymbolicZero):
         parts.append(lax.platform_dependent(x_dot, w, cpu=product, default=conv))
