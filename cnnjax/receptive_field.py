@@ -360,11 +360,22 @@ def _propagate(eqn, ins: list[Info]) -> list[Info]:
 def _reshape(info: Info, old, new) -> Info:
     """An axis survives a reshape when the same block of memory keeps its size; otherwise it
     was merged with others (e.g. Flatten) and is treated as reduced over."""
-    new_offsets = {math.prod(new[:n]): n for n in range(len(new))}
-    mapping = {}
+    mapping, start = {}, 0
     for o in range(len(old)):
-        n = new_offsets.get(math.prod(old[:o]))
-        mapping[o] = n if n is not None and new[n] == old[o] else None
+        # The first new axis from `start` on at the same memory offset with the same size, in
+        # order, so that axes of size 1 (a 1x1 map) pair up one to one.
+        offset = math.prod(old[:o])
+        match = next(
+            (
+                n
+                for n in range(start, len(new))
+                if math.prod(new[:n]) == offset and new[n] == old[o]
+            ),
+            None,
+        )
+        mapping[o] = match
+        if match is not None:
+            start = match + 1
     return _relabel(info, old, mapping)
 
 

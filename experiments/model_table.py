@@ -35,7 +35,10 @@ def last_spatial_field(model, shape):
     rows = receptive_field_table(
         lambda x: model.apply(variables, x, return_features=True)[1], shape
     )
-    return [r.field for r in rows if r.field is not None and not r.field.is_global][-1]
+    spatial = [r.field for r in rows if r.field is not None and not r.field.is_global]
+    if not spatial:
+        raise ReceptiveFieldError("every layer sees the whole image (`dense` layers)")
+    return spatial[-1]
 
 
 def model_row(name: str, image_size: int, num_classes: int, **overrides) -> list[object]:

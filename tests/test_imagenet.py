@@ -380,6 +380,8 @@ def test_model_table_rows_of_the_downsampling_variants():
     standard = model_table.model_row("resnet18", 64, 10)
     pooled = model_table.model_row("resnet18", 64, 10, downsample="pool")
     assert standard[0] == "resnet18" and standard[3] == "435x435 (stride 32)"
+    # At 32 px the last stage maps 1x1 and takes the CPU's im2col product: the same chain.
+    assert model_table.model_row("resnet18", 32, 10)[3] == "435x435 (stride 32)"
     assert pooled[0] == "resnet18 (pool)" and pooled[3] == "547x547 (stride 32)"
     assert standard[1] == pooled[1] == f"{11_181_642:,}"  # 10 classes: 11,689,512 - 990 * 513
     blurred = model_table.model_row("googlenet", 64, 10, downsample="blurpool")

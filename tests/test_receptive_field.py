@@ -146,3 +146,10 @@ def test_bad_input_shape():
     with pytest.raises(ValueError, match="`input_shape` must be"):
         receptive_field(lambda x: x, (4, 3))
     np.testing.assert_equal(receptive_field(lambda x: x, (1, 5, 3)).size, (1,))
+
+
+def test_reshape_keeps_spatial_axes_of_size_one():
+    # (N, 1, 1, K, C) -> (N, 1, 1, K·C), as an im2col product onto a 1x1 map flattens its
+    # patches: the two spatial axes of size 1 must stay spatial (not read as merged).
+    field = receptive_field(lambda x: x[..., None, :].reshape(1, 1, 1, -1) * 2.0, (1, 1, 1, 3))
+    assert not field.is_global and field.size == (1, 1) and field.stride == (1, 1)

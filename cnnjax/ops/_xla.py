@@ -127,15 +127,16 @@ def _strided_jvp(pads, stride, dilation, primals, tangents):
     x_dot, w_dot = tangents
     conv = functools.partial(_lax_conv, pads=pads, stride=stride, dilation=dilation, groups=1)
 
-    def product(x_dot, w):  # linear in x_dot: reverse mode transposes it into col2im(E·Wᵀ)
+    def im2col_product(x_dot, w):
         xp = jnp.pad(x_dot, [(0, 0), *pads, (0, 0)])
         cols = im2col_slices(xp, w.shape[:-2], stride, dilation)  # (N, *O, ∏K, Cin)
+        out = cols.shape[:-2]  # (N, *O)
         y = cols.reshape(-1, cols.shape[-2] * cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
-        return y.reshape(*cols.shape[:-2], w.shape[-1])
+        return y.reshape(*out, w.shape[-1])
 
     parts = []  # one term per tangent that is not symbolically zero
     if not isinstance(x_dot, SymbolicZero):
-        parts.append(lax.platform_dependent(x_dot, w, cpu=product, default=conv))
+        parts.append(lax.platform_dependent(x_dot, w, cpu=im2col_product, default=conv))
     if not isinstance(w_dot, SymbolicZero):
         parts.append(conv(x, w_dot))
     return conv(x, w), functools.reduce(operator.add, parts)
