@@ -16,15 +16,12 @@ import statistics
 
 from experiments import _bench
 
-# Two-sided 95 % quantiles of Student's t with 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
 
 def t_quantile(dof: int) -> float:
-    """The 0.975 quantile of Student's t (1.96 beyond 30 degrees of freedom)."""
-    return _T975[dof - 1] if 1 <= dof <= len(_T975) else 1.96
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (two-sided 95 %)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, dof))
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """The study driver and the figure programs, on tiny runs."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -54,7 +55,9 @@ def test_study_writes_table_and_plots(study):
         assert r["learning rate"] in ("0.003", "0.001")
         assert r["parameters"].replace(",", "").isdigit()
         assert "(test)" in r["error (%)"]
-        assert r["paper CIFAR-10 error (%)"] in ("9.74", "9.08")
+        # Springenberg et al., Table 3: Model C 9.74 %, All-CNN-C 9.08 %.
+        paper = {"model_c": "9.74", "all_cnn_c": "9.08"}[r["model"]]
+        assert r["paper CIFAR-10 error (%)"] == paper
     best = {r["variant"]: r for r in pool_vs_stride.summarize(records)}
     for variant in ("model_c", "all_cnn_c"):
         accs = {r["lr"]: r["results"]["val_accuracy"] for r in records if r["variant"] == variant}
@@ -126,8 +129,9 @@ def test_fast_study_pairs_seeds_and_measures_shifts(fast_study):
     # The paired difference is the mean over seeds of (stride - pool) for the same seed.
     paired = [_fast_study._best(records[2 + s]) - _fast_study._best(records[s]) for s in (0, 1)]
     assert rows["stride"]["diff"][0] == pytest.approx(sum(paired) / 2)
-    half_width = 12.706 * abs(paired[0] - paired[1]) / 2**0.5 / 2**0.5
-    assert rows["stride"]["diff"][1] == pytest.approx(half_width)
+    # Two seeds: one degree of freedom, t_0.975(1) = tan(0.475 pi) = 12.7062...
+    half_width = math.tan(0.475 * math.pi) * abs(paired[0] - paired[1]) / 2**0.5 / 2**0.5
+    assert rows["stride"]["diff"][1] == pytest.approx(half_width, rel=1e-9)
     for r in records:
         t = r["translation"]
         assert 0.0 <= t["consistency"] <= 1.0 and 0.0 <= t["shift4_accuracy"] <= 1.0
@@ -326,3 +330,21 @@ def test_inception_branch_measures_on_a_trained_googlenet(tmp_path):
     assert all(0.0 <= a <= 1.0 for m in ib.MODULES for a in report["ablated_accuracy"][m].values())
     ib.plot(report, str(tmp_path / "branches.png"))
     assert _png_ok(str(tmp_path / "branches.png"))
+
+
+def test_confidence_interval_uses_student_t_for_every_sample_size():
+    # Closed forms of the 0.975 quantile: 1 degree of freedom (Cauchy) tan(0.475 pi); 2 degrees
+    # (2p - 1) / sqrt(2p(1 - p)); beyond 30 a table value (40: 2.0210754), not the normal 1.96.
+    p = 0.975
+    for values, quantile in [
+        ([1.0, 3.0], math.tan(0.475 * math.pi)),
+        ([1.0, 2.0, 4.0], (2 * p - 1) / math.sqrt(2 * p * (1 - p))),
+        ([float(i % 7) for i in range(41)], 2.0210754),
+    ]:
+        mean, half = _fast_study.mean_ci(values)
+        n = len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        assert mean == pytest.approx(sum(values) / n, rel=1e-12)
+        # 2.0210754 is given to 8 digits; the closed forms are exact.
+        assert half == pytest.approx(quantile * sd / math.sqrt(n), rel=1e-7)
+    assert math.isnan(_fast_study.mean_ci([1.0])[1])
