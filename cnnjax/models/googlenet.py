@@ -73,9 +73,13 @@ class AuxClassifier(nn.Module):
         x = ops.avg_pool(x, 5, 3)
         x = ConvBNAct(scaled(128, self.width), 1, name="conv", **(self.conv or {}))(x, train)
         x = x.astype(jnp.float32).reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(scaled(1024, self.width), name="fc")(x))
+        # Float32 like the main classifier, parameters stored as the convolutions' are.
+        dense = dict(
+            dtype=jnp.float32, param_dtype=(self.conv or {}).get("param_dtype", jnp.float32)
+        )
+        x = nn.relu(nn.Dense(scaled(1024, self.width), name="fc", **dense)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="head")(x)
+        return nn.Dense(self.num_classes, name="head", **dense)(x)
 
 
 class GoogLeNet(nn.Module):
