@@ -14,7 +14,7 @@ from cnnjax import models, ops, receptive_field
 from cnnjax.data import Normalization, folders
 from cnnjax.train import ConfigError, StepConfig, train_and_evaluate
 from cnnjax.train import validate_config as validate
-from cnnjax.train.step import eval_means, eval_step, loss_and_grads
+from cnnjax.train.step import TrainState, eval_means, eval_step, loss_and_grads
 from experiments.configs import imagenet
 from tests import reference
 
@@ -251,8 +251,6 @@ def test_top5_accuracy_counts_labels_ranked_in_the_first_five():
 
 
 def _state():
-    from cnnjax.train.step import TrainState
-
     return TrainState(
         step=jnp.zeros((), jnp.int32), params={}, batch_stats={}, opt_state=(), averages={}
     )
