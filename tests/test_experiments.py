@@ -131,6 +131,8 @@ def test_fast_study_pairs_seeds_and_measures_shifts(fast_study):
     assert rows["stride"]["diff"][0] == pytest.approx(sum(paired) / 2)
     # Two seeds: one degree of freedom, t_0.975(1) = tan(0.475 pi) = 12.7062...
     half_width = math.tan(0.475 * math.pi) * abs(paired[0] - paired[1]) / 2**0.5 / 2**0.5
+    # Both sides are float64 evaluations of the same formula (scipy's quantile against the
+    # closed form): a few roundings of 2^-53 apart, so 1e-9 is a wide margin, not a fit.
     assert rows["stride"]["diff"][1] == pytest.approx(half_width, rel=1e-9)
     for r in records:
         t = r["translation"]
@@ -344,7 +346,9 @@ def test_confidence_interval_uses_student_t_for_every_sample_size():
         mean, half = _fast_study.mean_ci(values)
         n = len(values)
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        # float64 means of at most 41 small values: within 41 · 2^-53 of each other.
         assert mean == pytest.approx(sum(values) / n, rel=1e-12)
-        # 2.0210754 is given to 8 digits; the closed forms are exact.
+        # The closed forms are exact; 2.0210754 is rounded to 8 significant digits (relative
+        # error below 2.5e-8), hence 1e-7.
         assert half == pytest.approx(quantile * sd / math.sqrt(n), rel=1e-7)
     assert math.isnan(_fast_study.mean_ci([1.0])[1])

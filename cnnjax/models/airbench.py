@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax import ops
-from cnnjax.models._common import check_input, keep, scaled
+from cnnjax.models._common import check_downsample, check_input, keep, scaled
 from cnnjax.nn import Conv
 from cnnjax.nn.initializers import partial_identity, uniform_fan_in
 
@@ -60,8 +60,7 @@ class AirBench94(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         check_input(x, "AirBench94")
-        if self.downsample not in DOWNSAMPLE:
-            raise ValueError(f"`downsample` must be one of {DOWNSAMPLE}, got {self.downsample!r}.")
+        check_downsample(self.downsample, DOWNSAMPLE)
         gelu = functools.partial(nn.gelu, approximate=False)
         conv = functools.partial(
             Conv,
