@@ -17,7 +17,8 @@ def _free_port() -> int:
 def train_processes(args: list[str], processes: int = 2, devices: int = 2) -> list[str]:
     """Runs ``python -m experiments.train *args`` as ``processes`` processes of one job with
     ``devices`` CPU devices each (gloo collectives); returns each one's output, and fails
-    with the output of any that did not exit 0."""
+    with the output of any that did not exit 0. Even-numbered processes are told the job by
+    flags, odd-numbered ones by the ``CNNJAX_*`` environment variables."""
     env = {
         **os.environ,
         "PYTHONPATH": ROOT,
@@ -25,12 +26,20 @@ def train_processes(args: list[str], processes: int = 2, devices: int = 2) -> li
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
         "JAX_PLATFORMS": "cpu",
     }
-    job = [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
+    address = f"127.0.0.1:{_free_port()}"
+
+    def job(i):  # even processes learn the job from flags, odd ones from CNNJAX_* variables
+        if i % 2 == 0:
+            flags = [f"--coordinator_address={address}", f"--num_processes={processes}"]
+            return [*flags, f"--process_id={i}"], env
+        variables = {"CNNJAX_COORDINATOR": address, "CNNJAX_NUM_PROCESSES": str(processes)}
+        return [], {**env, **variables, "CNNJAX_PROCESS_ID": str(i)}
+
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "experiments.train", *args, *job, f"--process_id={i}"],
+            [sys.executable, "-m", "experiments.train", *args, *job(i)[0]],
             cwd=ROOT,
-            env=env,
+            env=job(i)[1],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

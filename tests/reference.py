@@ -114,3 +114,33 @@ def pool2d(x, window, stride, pads, kind, count_include_pad=True):
             )
             out[:, i, j] = win.sum(axis=(1, 2)) / count
     return out
+
+
+U32 = 2.0**-24  # float32's unit round-off
+
+
+def gamma(terms: int) -> float:
+    """Higham's γ_n = n·u / (1 − n·u) for float32: a sum of n products computed in any order,
+    with or without fused multiply-adds, is within γ_n · Σ|aᵢ bᵢ| of the exact sum (Higham,
+    "Accuracy and Stability of Numerical Algorithms", §3.1)."""
+    return terms * U32 / (1 - terms * U32)
+
+
+def fft_factor(points: int, taps: int, channels: int) -> float:
+    """The FFT backend's documented error factor (``cnnjax.ops.conv``): its error is at most
+    ``(32·log₂L + 2K + C + 10) · u · Σ_c ‖signal_c‖₂ ‖kernel_c‖₁`` for transforms of L points,
+    K taps and C channels."""
+    return (32 * np.log2(points) + 2 * taps + channels + 10) * U32
+
+
+def grouped_norms(x_norms, w, groups):
+    """Σ_c x_norms[n, c] · ‖w[..., c, o]‖₁ over the channels c that output o sees: (N, Cout)."""
+    cg, cout = w.shape[-2:]
+    og = cout // groups
+    w_norms = np.abs(np.asarray(w, np.float64)).sum(axis=tuple(range(w.ndim - 2)))  # (Cg, Cout)
+    out = np.zeros((x_norms.shape[0], cout))
+    for g in range(groups):
+        out[:, g * og : (g + 1) * og] = (
+            x_norms[:, g * cg : (g + 1) * cg] @ w_norms[:, g * og : (g + 1) * og]
+        )
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen
 
-from cnnjax import models, nn, receptive_field_table
+from cnnjax import models, nn, parallel, receptive_field_table
 
 ALLCNN_PARAMS = {
     "a": (839_242, 1_254_250),
@@ -70,7 +70,8 @@ def test_output_shapes_for_several_sizes(name, size):
 
 def _init(model, shape=(2, 32, 32, 3), seed=0):
     x = jax.random.normal(jax.random.key(seed + 1), shape)
-    return model.init(jax.random.key(seed), x), x
+    init = jax.jit(model.init, compiler_options=parallel.init_compiler_options())  # as runs do
+    return init(jax.random.key(seed), x), x
 
 
 def test_all_cnn_c_intermediates_have_documented_names_and_shapes():
@@ -106,8 +107,8 @@ def test_conv_backends_agree_on_a_model(name):
     outs = {}
     for backend in ["xla", "gemm", "fft"]:
         model = models.get_model(name, width=0.25, backend=backend)
-        variables, x = _init(model, (2, 32, 32, 3))
-        outs[backend] = model.apply(variables, x)
+        variables, x = _init(model, (2, 16, 16, 3))
+        outs[backend] = jax.jit(model.apply)(variables, x)  # one program, not op by op
     scale = float(jnp.max(jnp.abs(outs["xla"])))
     assert scale > 0
     for backend in ["gemm", "fft"]:
@@ -139,13 +140,17 @@ def test_initialisation_is_deterministic():
 def test_inception_branch_widths_add_up_and_5x5_is_real():
     module = nn.Inception(64, 96, 128, 16, 32, 32)
     x = jnp.ones((1, 8, 8, 192))
-    variables = module.init(jax.random.key(0), x)
-    y = module.apply(variables, x)
+    variables = jax.jit(module.init, compiler_options=parallel.init_compiler_options())(
+        jax.random.key(0), x
+    )
+    y = jax.jit(module.apply)(variables, x)
     assert y.shape == (1, 8, 8, 256) == (1, 8, 8, module.features)
     assert variables["params"]["branch5x5"]["conv"]["kernel"].shape == (5, 5, 16, 32)
     model = models.get_model("googlenet_small", width=0.25)
-    variables, xs = _init(model)
-    _, feats = model.apply(variables, xs, return_features=True)
+    variables, xs = _init(model, (1, 16, 16, 3))
+    _, feats = jax.jit(model.apply, static_argnames="return_features")(
+        variables, xs, return_features=True
+    )
     assert feats["inception3a"].shape[-1] == 16 + 32 + 8 + 8  # 256 x 0.25
     assert feats["inception3b"].shape[-1] == 32 + 48 + 24 + 16  # 480 x 0.25
 
@@ -153,7 +158,8 @@ def test_inception_branch_widths_add_up_and_5x5_is_real():
 def test_batch_norm_training_updates_statistics():
     model = models.get_model("small_inception", width=0.25)
     variables, x = _init(model)
-    y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    y, updates = apply(variables, x, train=True, mutable=("batch_stats",))
     assert y.shape == (2, 10)
     before = jax.tree.leaves(variables["batch_stats"])
     after = jax.tree.leaves(updates["batch_stats"])
@@ -250,12 +256,13 @@ def test_conv_backend_keyword_still_works_with_a_deprecation_warning():
 def test_inception_returns_its_branches_in_concatenation_order():
     block = nn.Inception(4, 3, 5, 2, 3, 6)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 7))
-    variables = block.init(jax.random.key(1), x)
-    out, branches = block.apply(variables, x, return_branches=True)
+    variables = jax.jit(block.init)(jax.random.key(1), x)
+    apply = jax.jit(block.apply, static_argnames="return_branches")  # one program each
+    out, branches = apply(variables, x, return_branches=True)
     assert list(branches) == ["1x1", "3x3", "5x5", "pool"]
     assert [b.shape[-1] for b in branches.values()] == [4, 5, 3, 6]
     np.testing.assert_array_equal(out, jnp.concatenate(list(branches.values()), axis=-1))
-    np.testing.assert_array_equal(out, block.apply(variables, x))
+    np.testing.assert_array_equal(out, apply(variables, x))
     for name, branch in branches.items():
         np.testing.assert_array_equal(out[..., block.branch_channels(name)], branch)
     with pytest.raises(ValueError, match=r"must be one of 1x1, 3x3, 5x5, pool .*got '7x7'"):

@@ -144,6 +144,26 @@ def test_resuming_with_another_config_is_refused_and_nothing_is_changed(trained,
     assert _tree_files(workdir) == before
 
 
+def test_allow_config_change_continues_from_the_checkpoint_and_records_the_change(
+    trained, tmp_path
+):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained[0], workdir)
+    with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
+        done = ckpts.latest_step()
+    config = quick(num_epochs=11, learning_rate=0.01, allow_config_change=True)
+    train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "config_changes.jsonl")) as f:
+        (change,) = [json.loads(line) for line in f]
+    assert change["changes"] == ["learning_rate: 0.003 -> 0.01", "num_epochs: 10.0 -> 11.0"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["learning_rate"] == 0.01  # the config in force
+    epochs = [r["epoch"] for r in train.read_metrics(workdir) if "epoch" in r]
+    assert epochs == list(range(1, 12))  # the ten epochs kept, the eleventh trained once
+    with train.Checkpoints(os.path.join(workdir, "checkpoints")) as ckpts:
+        assert ckpts.latest_step() == done * 11 // 10
+
+
 def test_a_field_added_after_a_run_counts_as_changed_only_off_its_default():
     from cnnjax.train.workdir import config_differences
 

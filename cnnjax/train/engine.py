@@ -145,7 +145,11 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
     return Engine(
         fns=fns,
         num_devices=mesh.size,
-        init=jax.jit(fns.init, out_shardings=state_sharding),
+        init=jax.jit(
+            fns.init,
+            out_shardings=state_sharding,
+            compiler_options=parallel.init_compiler_options(mesh.devices.flat[0].platform),
+        ),
         train_step=train_step,
         train_batch=train_batch,
         eval_batch=eval_batch,

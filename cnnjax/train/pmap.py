@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from jax import lax
 
-from cnnjax.parallel import DATA, compiler_options
+from cnnjax import parallel
+from cnnjax.parallel import DATA
 from cnnjax.train.engine import Engine, streamed_batch
 from cnnjax.train.step import (
     BatchPlan,
@@ -87,7 +88,8 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
     # One copy per device; the mapped dummy argument gives pmap its axis size.
     copy = jax.pmap(lambda _, x: x, in_axes=(0, None), devices=devices)
     replicate = lambda tree: copy(np.arange(n), tree)
-    options = compiler_options(devices[0].platform)
+    options = parallel.compiler_options(devices[0].platform)
+    init_options = parallel.init_compiler_options(devices[0].platform)
     step, batch_step = (
         _CompiledOnFirstCall(
             jax.pmap(
@@ -121,7 +123,7 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
     return Engine(
         fns=fns,
         num_devices=n,
-        init=lambda: replicate(jax.jit(fns.init)()),
+        init=lambda: replicate(jax.jit(fns.init, compiler_options=init_options)()),
         train_step=train_step,
         train_batch=train_batch,
         eval_batch=eval_batch,

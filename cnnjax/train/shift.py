@@ -39,7 +39,8 @@ def predict_translated(
     fns: StepFns, state: TrainState, images, shifts, pad: int, batch_size: int = 500
 ) -> np.ndarray:
     """Classes predicted for each image moved by ``shifts`` (N, 2) pixels (rows, columns;
-    each in [-pad, pad]) over reflect padding of ``pad``. ``state``: one copy, as saved."""
+    each in [-pad, pad]) over reflect padding of ``pad``: image i becomes the crop of its
+    padded copy that starts at ``pad + shifts[i]``. ``state``: one copy, as saved."""
     shifts = np.asarray(shifts, np.int32)
     if np.abs(shifts).max(initial=0) > pad:
         raise ValueError(f"`shifts` must lie in [-{pad}, {pad}], got up to {np.abs(shifts).max()}.")
@@ -64,7 +65,8 @@ def shift_consistency(
 
 
 def shifted_accuracy(fns: StepFns, state: TrainState, images, labels, shift: int) -> float:
-    """Accuracy when every image is moved by ``shift`` pixels down and right."""
+    """Accuracy when every image is moved by ``shift`` pixels up and left (the crop of its
+    mirror-padded copy starts ``shift`` pixels down and right)."""
     shifts = np.full((len(images), 2), shift)
     predictions = predict_translated(fns, state, images, shifts, max(shift, 1))
     return float(np.mean(predictions == np.asarray(labels)))
