@@ -66,7 +66,7 @@ def init_compiler_options(platform: str | None = None) -> dict[str, str | int]:
     """:func:`compiler_options` for a function that runs once, such as a model's
     initialisation: on CPU also without LLVM's optimisations. Drawing every parameter's random
     numbers makes a large program that LLVM spends seconds optimising for one call
-    (googlenet_small's initialisation: 15.8 s to compile, 2.5 s without; perf_notes.md)."""
+    (googlenet_small's first initialisation: 14.6 s, 2.7 s without; perf_notes.md)."""
     platform = platform or jax.default_backend()
     options: dict[str, str | int] = dict(compiler_options(platform))
     if platform == "cpu" and "xla_backend_optimization_level" not in os.environ.get(

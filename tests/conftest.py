@@ -21,6 +21,9 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 import jax  # noqa: E402  (after the environment it reads)
 import pytest  # noqa: E402
 
+# The same settings in this process, had anything imported JAX before the environment was set.
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 # Several fake CPU devices make the multi-device code paths testable on one machine.
 jax.config.update("jax_num_cpu_devices", 4)
 # Strict promotion: an accidental float64/int mix in library code fails loudly in tests.

@@ -52,6 +52,21 @@ def _data(case, seed=0):
     return x, wt, geom
 
 
+def _conv(case, x, w, backend):
+    """``ops.conv2d`` with the case's stride, padding, dilation, groups and padding mode."""
+    _, stride, dilation, groups, *_, padding, mode = case
+    return ops.conv2d(
+        x,
+        w,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=mode,
+        backend=backend,
+    )
+
+
 def _points(padded_shape, w_shape, dilation):
     """An upper bound on the FFT backend's transform points: each padded axis plus the
     kernel's extent, rounded up to a length the FFT is fast at."""
@@ -90,17 +105,8 @@ def _assert_within(got, want, bound):
 )
 def test_forward_matches_numpy_reference(case, backend):
     x, w, geom = _data(case)
-    *_, padding, mode = case
-    out = ops.conv2d(
-        x,
-        w,
-        stride=case[1],
-        padding=padding,
-        dilation=case[2],
-        groups=case[3],
-        padding_mode=mode,
-        backend=backend,
-    )
+    mode = case[9]
+    out = _conv(case, x, w, backend)
     ref = reference.conv2d(x, w, geom.pads, geom.stride, geom.dilation, geom.groups, mode)
     assert out.shape == ref.shape == geom.out_shape
     assert out.dtype == jnp.float32
@@ -155,7 +161,7 @@ def _grad_bounds(backend, x, w, gout, geom, mode):
 )
 def test_gradients_match_numpy_adjoint(case):
     x, w, geom = _data(case, seed=1)
-    *_, padding, mode = case
+    mode = case[9]
     gout = np.random.default_rng(2).standard_normal(geom.out_shape).astype(np.float32)
     # One float64 reference, every backend against it.
     rdx, rdw = reference.conv2d_grads(
@@ -164,17 +170,7 @@ def test_gradients_match_numpy_adjoint(case):
     for backend in BACKENDS:
 
         def loss(x, w, backend=backend):
-            y = ops.conv2d(
-                x,
-                w,
-                stride=case[1],
-                padding=padding,
-                dilation=case[2],
-                groups=case[3],
-                padding_mode=mode,
-                backend=backend,
-            )
-            return jnp.sum(y * gout)
+            return jnp.sum(_conv(case, x, w, backend) * gout)
 
         dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
         bound_dx, bound_dw = _grad_bounds(backend, x, w, gout, geom, mode)

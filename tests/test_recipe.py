@@ -2,6 +2,11 @@
 to end on digits."""
 
 import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +15,7 @@ import optax
 import pytest
 
 from cnnjax import train
-from cnnjax.data import alternating_flips, apply_augment
+from cnnjax.data import alternating_flips, apply_augment, load_dataset, normalize, preprocess
 from cnnjax.train import groups, optim
 from experiments.configs import airbench, allcnn
 
@@ -189,8 +194,6 @@ def test_ema_update_blends_parameters_and_statistics():
 
 
 def test_evaluation_uses_the_ema_weights():
-    from cnnjax.data import load_dataset, normalize, preprocess
-
     dataset, norm = preprocess(load_dataset("digits", image_size=16), "standardize")
     config = allcnn.get_config("quick")
     config.update(dict(ema_decay=0.5, num_devices=1, progress=False))
@@ -305,13 +308,6 @@ def test_whitening_layer_is_set_from_data_and_frozen(quick_run):
 
 
 def test_evaluate_command_with_tta_averages_the_shifted_views_by_hand(quick_run):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from cnnjax.data import normalize
-
     workdir, _, _ = quick_run
     command = os.path.join(os.path.dirname(sys.executable), "cnnjax-evaluate")  # `make` installs it
     proc = subprocess.run(
@@ -414,9 +410,6 @@ def test_muon_steps_match_a_float64_newton_schulz():
 
 
 def test_a_muon_run_learns_and_resumes_bit_identically(tmp_path):
-    import os
-    import shutil
-
     config = airbench.get_config("quick")
     config.update(
         dict(optimizer="muon", lookahead_every=0, num_epochs=2.0, warmup_epochs=0.5,
