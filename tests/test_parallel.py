@@ -250,7 +250,7 @@ def test_cpu_compiler_options_reach_every_compiled_step(digits, monkeypatch):
             (probed.eval_batch, (state, images, labels, True)),
         ]
         for call, args in calls:
-            with pytest.raises(Exception, match="xla_cnnjax_probe"):
+            with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cnnjax_probe"):
                 call(*args)
 
 
