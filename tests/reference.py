@@ -1,8 +1,11 @@
 """Independent float64 NumPy references (plain loops over kernel offsets and windows)."""
 
 import itertools
+import math
 
 import numpy as np
+
+from cnnjax.ops import _fft
 
 
 def _pad_index(n, lo, hi, mode):
@@ -144,3 +147,35 @@ def grouped_norms(x_norms, w, groups):
             x_norms[:, g * cg : (g + 1) * cg] @ w_norms[:, g * og : (g + 1) * og]
         )
     return out
+
+
+def fft_points(padded_shape, w_shape, dilation):
+    """An upper bound on the FFT backend's transform points: each padded axis plus the
+    kernel's extent, rounded up to a length the FFT is fast at."""
+    sizes = zip(padded_shape, w_shape, dilation, strict=True)
+    return math.prod(_fft.fast_length(n + d * (k - 1)) for n, k, d in sizes)
+
+
+def conv_bound(backend, x, w, pads, stride, dilation, groups, mode="zeros"):
+    """How far a float32 convolution may lie from the exact one, derived, not measured.
+
+    Direct sums (xla, gemm): Higham's γ_K times the convolution of |x| with |w|, K = taps x
+    channels per group, output by output. FFT: the bound ``ops.conv`` documents, per image and
+    output channel (its proof holds for any algorithm whose error is a fixed multiple of the
+    same norms, so Winograd's fixed 4x4 transforms, entries 0, ±1/2, ±1, fall under it too)."""
+    *k, cg, _ = w.shape
+    if backend in ("xla", "gemm"):
+        terms = math.prod(k) * cg
+        absolute = conv2d(np.abs(x), np.abs(w), pads, stride, dilation, groups, mode)
+        return gamma(terms) * absolute
+    xp = pad(x, pads, mode)
+    norms = grouped_norms(np.sqrt((xp**2).sum(axis=(1, 2))), w, groups)
+    points = fft_points(xp.shape[1:3], k, dilation)
+    return fft_factor(points, math.prod(k), x.shape[-1]) * norms[:, None, None, :]
+
+
+def assert_within(got, want, bound):
+    error = np.abs(np.asarray(got, np.float64) - want)
+    assert (error <= bound).all(), (
+        f"error up to {np.max(error / np.maximum(bound, 1e-300)):.2f}x the bound"
+    )

@@ -67,38 +67,6 @@ def _conv(case, x, w, backend):
     )
 
 
-def _points(padded_shape, w_shape, dilation):
-    """An upper bound on the FFT backend's transform points: each padded axis plus the
-    kernel's extent, rounded up to a length the FFT is fast at."""
-    sizes = zip(padded_shape, w_shape, dilation, strict=True)
-    return math.prod(_fft.fast_length(n + d * (k - 1)) for n, k, d in sizes)
-
-
-def _bound(backend, x, w, pads, stride, dilation, groups, mode="zeros"):
-    """How far a float32 convolution may lie from the exact one, derived, not measured.
-
-    Direct sums (xla, gemm): Higham's γ_K times the convolution of |x| with |w|, K = taps x
-    channels per group, output by output. FFT: the bound ``ops.conv`` documents, per image and
-    output channel (its proof holds for any algorithm whose error is a fixed multiple of the
-    same norms, so Winograd's fixed 4x4 transforms, entries 0, ±1/2, ±1, fall under it too)."""
-    *k, cg, _ = w.shape
-    if backend in ("xla", "gemm"):
-        terms = math.prod(k) * cg
-        absolute = reference.conv2d(np.abs(x), np.abs(w), pads, stride, dilation, groups, mode)
-        return reference.gamma(terms) * absolute
-    xp = reference.pad(x, pads, mode)
-    norms = reference.grouped_norms(np.sqrt((xp**2).sum(axis=(1, 2))), w, groups)
-    points = _points(xp.shape[1:3], k, dilation)
-    return reference.fft_factor(points, math.prod(k), x.shape[-1]) * norms[:, None, None, :]
-
-
-def _assert_within(got, want, bound):
-    error = np.abs(np.asarray(got, np.float64) - want)
-    assert (error <= bound).all(), (
-        f"error up to {np.max(error / np.maximum(bound, 1e-300)):.2f}x the bound"
-    )
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: "k{}s{}d{}g{}-{}-{}".format(*c[:4], c[8], c[9])
@@ -110,13 +78,17 @@ def test_forward_matches_numpy_reference(case, backend):
     ref = reference.conv2d(x, w, geom.pads, geom.stride, geom.dilation, geom.groups, mode)
     assert out.shape == ref.shape == geom.out_shape
     assert out.dtype == jnp.float32
-    _assert_within(
-        out, ref, _bound(backend, x, w, geom.pads, geom.stride, geom.dilation, geom.groups, mode)
+    reference.assert_within(
+        out,
+        ref,
+        reference.conv_bound(
+            backend, x, w, geom.pads, geom.stride, geom.dilation, geom.groups, mode
+        ),
     )
 
 
 def _grad_bounds(backend, x, w, gout, geom, mode):
-    """Bounds for (dx, dw) as :func:`_bound` derives them for the forward pass.
+    """Bounds for (dx, dw) as :func:`tests.reference.conv_bound` derives them for the forward pass.
 
     Direct sums: γ_K times the gradients of |x|, |w|, |gout| (every term's magnitude), K the
     terms per entry: taps x output channels per group, up to 4 padded copies of a pixel (a
@@ -138,7 +110,7 @@ def _grad_bounds(backend, x, w, gout, geom, mode):
         xp = np.pad(np.asarray(x, np.float64), [(0, 0), *pads, (0, 0)])
     else:
         xp = reference.pad(x, pads, mode)
-    points = _points(xp.shape[1:-1], k, dilation)
+    points = reference.fft_points(xp.shape[1:-1], k, dilation)
     g_norms = np.sqrt((np.asarray(gout, np.float64) ** 2).sum(axis=spatial))  # (N, Cout)
     transposed = np.zeros((*k, og, cg * groups))  # the kernel of the backward convolution
     for g in range(groups):
@@ -174,8 +146,8 @@ def test_gradients_match_numpy_adjoint(case):
 
         dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
         bound_dx, bound_dw = _grad_bounds(backend, x, w, gout, geom, mode)
-        _assert_within(dx, rdx, bound_dx)
-        _assert_within(dw, rdw, bound_dw)
+        reference.assert_within(dx, rdx, bound_dx)
+        reference.assert_within(dw, rdw, bound_dw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -194,7 +166,9 @@ def test_scipy_reference_multichannel(backend):
         ],
         axis=-1,
     )
-    _assert_within(out, ref, _bound(backend, x, w, ((0, 0), (0, 0)), (1, 1), (1, 1), 1)[0])
+    reference.assert_within(
+        out, ref, reference.conv_bound(backend, x, w, ((0, 0), (0, 0)), (1, 1), (1, 1), 1)[0]
+    )
 
 
 def test_gemm_gradient_equals_xla_autodiff():
@@ -211,7 +185,7 @@ def test_gemm_gradient_equals_xla_autodiff():
     # Each backend within its derived bound of the float64 gradient: within twice of each other.
     bounds = _grad_bounds("gemm", x, w, g, geom, "zeros")
     for a, b, bound in zip(grads("gemm"), grads("xla"), bounds, strict=True):
-        _assert_within(a, np.asarray(b, np.float64), 2 * bound)
+        reference.assert_within(a, np.asarray(b, np.float64), 2 * bound)
 
 
 def test_gemm_backward_is_the_custom_vjp():
@@ -251,7 +225,7 @@ def test_fft_backward_equals_xla_autodiff(x_shape, w_shape, kwargs):
     geom = ops.conv_geometry(x.shape, w.shape, **kwargs)
     bounds = _grad_bounds("fft", x, w, g, geom, "zeros")
     for a, b, bound in zip(grads("fft"), grads("xla"), bounds, strict=True):
-        _assert_within(a, np.asarray(b, np.float64), 2 * bound)
+        reference.assert_within(a, np.asarray(b, np.float64), 2 * bound)
 
 
 def _primitives(jaxpr):
@@ -323,7 +297,9 @@ def test_winograd_backend_matches_reference(padding):
     out = ops.conv2d(x, w, padding=padding, backend="winograd")
     ref = reference.conv2d(x, w, geom.pads, (1, 1), (1, 1), 1)
     # Winograd's error is a fixed multiple of the norms the FFT bound uses (see _bound).
-    _assert_within(out, ref, _bound("winograd", x, w, geom.pads, (1, 1), (1, 1), 1))
+    reference.assert_within(
+        out, ref, reference.conv_bound("winograd", x, w, geom.pads, (1, 1), (1, 1), 1)
+    )
     gout = rng.standard_normal(ref.shape).astype(np.float32)
     grads = jax.grad(
         lambda x, w: jnp.sum(ops.conv2d(x, w, padding=padding, backend="winograd") * gout), (0, 1)
@@ -332,7 +308,7 @@ def test_winograd_backend_matches_reference(padding):
     for a, b, bound in zip(
         grads, reference.conv2d_grads(x, w, gout, geom.pads, (1, 1), (1, 1), 1), bounds, strict=True
     ):
-        _assert_within(a, b, bound)
+        reference.assert_within(a, b, bound)
 
 
 @pytest.mark.parametrize("backend", [*BACKENDS, "winograd", "auto"])
@@ -346,8 +322,10 @@ def test_jit_vmap_grad_and_bfloat16(backend):
     pads = ops.conv_geometry(flat.shape, w.shape).pads  # the default, "SAME"
     exact = reference.conv2d(flat, w, pads, (1, 1), (1, 1), 1)
     kind = "xla" if backend == "auto" else backend  # auto picks xla for 3x3
-    bound = np.broadcast_to(_bound(kind, flat, w, pads, (1, 1), (1, 1), 1), exact.shape)
-    _assert_within(batched, exact.reshape(batched.shape), bound.reshape(batched.shape))
+    bound = np.broadcast_to(
+        reference.conv_bound(kind, flat, w, pads, (1, 1), (1, 1), 1), exact.shape
+    )
+    reference.assert_within(batched, exact.reshape(batched.shape), bound.reshape(batched.shape))
     exact = exact.reshape(batched.shape)
     # The gradient of a sum of squares, against the float64 one: 2 Σ y · dy/dw, so the bound
     # of the backward pass with gout = 2y (the float32 y's own error adds one forward bound).
@@ -356,11 +334,11 @@ def test_jit_vmap_grad_and_bfloat16(backend):
     _, want = reference.conv2d_grads(x[0], w, 2 * y, pads, (1, 1), (1, 1), 1)
     geom = ops.conv_geometry(x[0].shape, w.shape)
     _, bound_dw = _grad_bounds(kind, x[0], w, 2 * y, geom, "zeros")
-    forward = _bound(kind, x[0], w, pads, (1, 1), (1, 1), 1)
+    forward = reference.conv_bound(kind, x[0], w, pads, (1, 1), (1, 1), 1)
     _, via_error = reference.conv2d_grads(
         np.abs(x[0]), np.abs(w), 2 * forward, pads, (1, 1), (1, 1), 1
     )
-    _assert_within(g, want, bound_dw + via_error)
+    reference.assert_within(g, want, bound_dw + via_error)
     # bfloat16 in, bfloat16 out: against the exact convolution of the rounded inputs. Rounding
     # the output alone costs 2^-8 of |y|; a backend that also sums in bfloat16 (K = 27 terms)
     # stays within γ_28 at u = 2^-8 of Σ|x||w|; Winograd's transforms, run in bfloat16, grow
@@ -373,7 +351,9 @@ def test_jit_vmap_grad_and_bfloat16(backend):
     absolute = reference.conv2d(np.abs(xr), np.abs(wr), pads, (1, 1), (1, 1), 1)
     ub = 2.0**-8
     growth = 16 if backend == "winograd" else 1
-    _assert_within(yb.astype(np.float32), exact_b, growth * 28 * ub / (1 - 28 * ub) * absolute)
+    reference.assert_within(
+        yb.astype(np.float32), exact_b, growth * 28 * ub / (1 - 28 * ub) * absolute
+    )
 
 
 def test_conv_1d_and_3d():
@@ -384,7 +364,7 @@ def test_conv_1d_and_3d():
         y = ops.conv(x1, w1, padding="VALID", stride=2, backend=backend)
         as_2d = (x1[:, :, None], w1[:, None], ((0, 0), (0, 0)), (2, 1), (1, 1), 1)
         ref = reference.conv2d(*as_2d)[:, :, 0]
-        _assert_within(y, ref, _bound(backend, *as_2d)[:, :, 0])
+        reference.assert_within(y, ref, reference.conv_bound(backend, *as_2d)[:, :, 0])
     x3 = rng.standard_normal((1, 6, 7, 5, 2)).astype(np.float32)
     w3 = rng.standard_normal((3, 2, 3, 2, 4)).astype(np.float32)
     ys = [ops.conv(x3, w3, padding="SAME", backend=b) for b in BACKENDS]
@@ -407,7 +387,7 @@ def test_conv_1d_and_3d():
     norms = np.sqrt((padded**2).sum(axis=(0, 1, 2)))[None]  # (1, Cin)
     fft = reference.fft_factor(points, 18, 2) * reference.grouped_norms(norms, w3, 1)[0]
     for backend, y in zip(BACKENDS, ys, strict=True):
-        _assert_within(y[0], ref, direct if backend != "fft" else fft)
+        reference.assert_within(y[0], ref, direct if backend != "fft" else fft)
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
@@ -554,12 +534,14 @@ def test_strided_xla_input_gradient_is_a_matrix_product_on_cpu():
     rdx, rdw = reference.conv2d_grads(x, w, g, geom.pads, (2, 2), (1, 1), 1)
     bound_dx, bound_dw = _grad_bounds("xla", x, w, g, geom, "zeros")
     dx, dw = grad(x, w)  # this CPU's branch
-    _assert_within(dx, rdx, bound_dx)
-    _assert_within(dw, rdw, bound_dw)
+    reference.assert_within(dx, rdx, bound_dx)
+    reference.assert_within(dw, rdw, bound_dw)
     plain = lambda x: jax.lax.conv_general_dilated(
         x, w, (2, 2), geom.pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    _assert_within(jax.grad(lambda x: jnp.vdot(plain(x), g))(x), rdx, bound_dx)  # XLA's own
+    reference.assert_within(
+        jax.grad(lambda x: jnp.vdot(plain(x), g))(x), rdx, bound_dx
+    )  # XLA's own
     for platform in ("cpu", "cuda", "tpu"):
         grad.trace(x, w).lower(lowering_platforms=(platform,))
     names = lambda jaxpr: {e.primitive.name for e in _primitives(jaxpr)}

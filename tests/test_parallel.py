@@ -1,8 +1,10 @@
 """Data parallelism: jit over a mesh, pmap and one device agree; batches land on the right
 devices; two real processes on the loopback interface match one process with four devices."""
 
+import dataclasses
 import os
 import platform
+import signal
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 
 from cnnjax import parallel, train
 from cnnjax.data import load_dataset, preprocess
+from cnnjax.train import loop
 from experiments.configs import allcnn
 from tests.loopback import train_processes
 
@@ -95,7 +98,9 @@ def _restored(workdir, config, dataset, norm):
         return engine, engine.restored(ckpts.restore(engine.saved(engine.init())))
 
 
-def test_a_pmap_run_evaluates_resumes_and_restores_on_one_device(digits, tmp_path):
+def test_a_pmap_run_evaluates_stops_on_sigterm_resumes_and_restores_on_one_device(
+    digits, tmp_path, monkeypatch
+):
     dataset, norm = digits
     workdir = str(tmp_path / "pmap")
     # A constant rate: the schedule then does not depend on the run's length, so one epoch
@@ -120,13 +125,34 @@ def test_a_pmap_run_evaluates_resumes_and_restores_on_one_device(digits, tmp_pat
     epochs = [r["epoch"] for r in train.read_metrics(workdir) if "epoch" in r]
     assert epochs == [1, 2]
     _, resumed = _restored(workdir, jit1, dataset, norm)
-    reference = str(tmp_path / "uninterrupted")
-    train.train_and_evaluate(
-        _config(num_devices=2, parallel="pmap", num_epochs=2, **steady), reference
-    )
-    _, straight = _restored(reference, jit1, dataset, norm)
-    assert int(resumed.step) == int(straight.step) == 20
-    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):
+
+    # Under pmap from the start, stopped by SIGTERM at step 13 and resumed under pmap.
+    stopped = str(tmp_path / "sigterm")
+    pmap_two = _config(num_devices=2, parallel="pmap", num_epochs=2, **steady)
+    build = loop.build_engine
+
+    def terminated_at_step_13(*args):
+        engine, calls = build(*args), []
+
+        def step(state, images, labels):
+            calls.append(1)
+            if len(calls) == 13:
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler takes it
+            return engine.train_step(state, images, labels)
+
+        return dataclasses.replace(engine, train_step=step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "build_engine", terminated_at_step_13)
+        assert train.train_and_evaluate(pmap_two, stopped) == {"stopped_at_step": 13}
+    with train.Checkpoints(os.path.join(stopped, "checkpoints")) as ckpts:
+        assert ckpts.latest_step() == 13
+    train.train_and_evaluate(pmap_two, stopped)
+    _, interrupted = _restored(stopped, jit1, dataset, norm)
+    assert int(resumed.step) == int(interrupted.step) == 20
+    for a, b in zip(
+        jax.tree.leaves(resumed.params), jax.tree.leaves(interrupted.params), strict=True
+    ):
         # The paths sum in other orders: test_mesh_pmap_and_one_device_agree's tolerance.
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

@@ -288,6 +288,8 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
         ("eval_every_epochs", 0, r"`config.eval_every_epochs` must be at least 1"),
         ("checkpoint_every_epochs", 0, r"`config.checkpoint_every_epochs` must be at least 1"),
         ("log_every_steps", 0, r"`config.log_every_steps` must be at least 1"),
+        ("steps_in_flight", 0, r"`config.steps_in_flight` must be at least 1"),
+        ("profile_steps", "5:5", r'`config.profile_steps` must be "A:B" with whole numbers'),
         ("image_size", 3, r"on 3x3 images, the size `image_size` or the dataset gives\): `w` is"),
         ("model", "resnet", r"`config.model` must be one of airbench94, all_cnn_a, "),
         ("activation", "tanh", r"`activation` must be one of \('relu', 'gelu'"),
@@ -551,6 +553,31 @@ def test_a_checkpoint_that_cannot_be_written_is_one_sentence(tmp_path, monkeypat
             r"good checkpoint is 1\.",
         ):
             ckpts.save(2, state)
+
+
+def test_a_checkpoint_written_in_the_background_reports_its_failure_at_the_next_wait(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    state = {"w": np.ones(3, np.float32)}
+    with train.Checkpoints(str(tmp_path / "ckpt")) as ckpts:
+        ckpts.save(1, state, wait=False)
+        ckpts.wait()
+        assert ckpts.all_steps() == [1]
+        ckpts.save(2, state, wait=False)  # returns before the files are written
+
+        def full_disk():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ckpts.manager, "wait_until_finished", full_disk)
+            with pytest.raises(
+                train.CheckpointError,
+                match=r"could not write checkpoint 2 to .*ckpt: no space left on device; the "
+                r"last good checkpoint is 1\.",
+            ):
+                ckpts.save(3, state)  # waits for 2 first
 
 
 def test_programs_run_from_any_directory_and_config_typos_are_one_line(tmp_path):

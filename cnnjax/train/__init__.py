@@ -3,7 +3,8 @@
 Layers inside, each importing only those above it: ``config`` and ``optim`` (what to train
 with); ``step`` (the pure functions); ``engine`` and ``pmap`` (the steps compiled for devices);
 ``build`` (config to engine); ``feed`` (each step's batch: device-resident or streamed);
-``loop`` (``train_and_evaluate``); ``runs`` (reading runs back).
+``meter`` (step metrics to the logs, the loop's clock); ``loop`` (``train_and_evaluate``);
+``runs`` (reading runs back).
 """
 
 from cnnjax.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -16,9 +17,18 @@ from cnnjax.train.config import (
     describe_fields,
     validate_config,
 )
-from cnnjax.train.engine import Engine, evaluate, mesh_batch, mesh_engine, streamed_batch
+from cnnjax.train.engine import (
+    Engine,
+    eval_batches,
+    evaluate,
+    evaluate_batches,
+    mesh_batch,
+    mesh_engine,
+    streamed_batch,
+)
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.loop import train_and_evaluate
+from cnnjax.train.meter import Meter
 from cnnjax.train.metrics import MetricWriter, read_metrics
 from cnnjax.train.optim import make_optimizer, make_schedule
 from cnnjax.train.pmap import batch_share, pmap_engine
@@ -57,6 +67,7 @@ __all__ = [
     "ConfigError",
     "DeviceFeed",
     "Engine",
+    "Meter",
     "MetricWriter",
     "NonFiniteLossError",
     "StepConfig",
@@ -75,8 +86,10 @@ __all__ = [
     "default_tta",
     "describe_fields",
     "ema_update",
+    "eval_batches",
     "eval_step",
     "evaluate",
+    "evaluate_batches",
     "evaluate_checkpoint",
     "evaluate_stream",
     "init_state",

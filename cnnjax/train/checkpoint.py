@@ -73,6 +73,7 @@ class Checkpoints:
             if with_input
             else ocp.StandardCheckpointHandler()
         )
+        self._writing: tuple[int, int | None] | None = None  # (step, last good) in flight
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
@@ -89,32 +90,51 @@ class Checkpoints:
         state: Any,
         metrics: dict[str, float] | None = None,
         input_state: dict | None = None,
+        wait: bool = True,
     ) -> None:
         """Saves the state of ``step`` (with ``input_state``, the input iterator's, when the
-        checkpoints hold one) and waits until it is on disk.
+        checkpoints hold one). The arrays are copied off the devices before this returns, so
+        the caller may donate them at once; the files are written in the background unless
+        ``wait``, and the next save, :meth:`wait` or :meth:`close` waits for them.
 
         Raises:
-          CheckpointError: it could not be written (a full disk, say); the message names the
-            last good checkpoint, which is kept.
+          CheckpointError: this checkpoint, or the one still being written, could not be
+            written (a full disk, say); the message names the last good checkpoint, which is
+            kept.
         """
+        self.wait()
         if step in self.manager.all_steps():
             return
-        last = self.latest_step()
+        self._writing = (step, self.latest_step())
         try:
             args = ocp.args.StandardSave(state)
             if self.with_input:
                 args = ocp.args.Composite(state=args, input=ocp.args.JsonSave(input_state))
             self.manager.save(step, args=args, metrics=metrics, force=True)
-            self.manager.wait_until_finished()
         except Exception as err:  # orbax/tensorstore/OS errors: all mean "not written"
-            reason = _reason(err)
-            raise CheckpointError(
-                f"could not write checkpoint {step} to {self.directory}: {reason}; the last "
-                f"good checkpoint is {last if last is not None else 'none (none was written)'}."
-            ) from None
+            self._failed(err)
+        if wait:
+            self.wait()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the checkpoint being written, if any.
+
+        Raises:
+          CheckpointError: it could not be written; names the last good checkpoint.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # as in save: the background write failed
+            self._failed(err)
+        self._writing = None
+
+    def _failed(self, err: BaseException):
+        step, last = self._writing
+        self._writing = None
+        raise CheckpointError(
+            f"could not write checkpoint {step} to {self.directory}: {_reason(err)}; the last "
+            f"good checkpoint is {last if last is not None else 'none (none was written)'}."
+        ) from None
 
     def restore(self, template: Any, step: int | None = None) -> Any:
         """The state at ``step`` (default: latest), shaped and sharded like ``template``.
@@ -174,8 +194,10 @@ class Checkpoints:
         return f"{_reason(err)}. Nothing was changed; {fallback}."
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
     def __enter__(self) -> Checkpoints:
         return self

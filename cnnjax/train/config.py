@@ -143,8 +143,14 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
     c.eval_batch_size = 500
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 3  # the last N are kept, and the best by validation accuracy
-    c.log_every_steps = 50
+    c.log_every_steps = 50  # metrics reach the host only for a row: every N steps, epoch ends
     c.progress = True
+    # How many steps the host may dispatch beyond the last one the device finished: enough to
+    # hide the host's work between steps; each holds its batch and metrics in device memory.
+    c.steps_in_flight = 3
+    # "A:B": a profiler trace of steps A to B-1 (counted from 1) in <workdir>/profile, for
+    # TensorBoard's profile tab or ui.perfetto.dev (perfetto_trace.json.gz); "" for none.
+    c.profile_steps = ""
     # Resuming with a config that differs from the run's is refused unless this is True (the
     # change is then recorded in the workdir's config_changes.jsonl).
     c.allow_config_change = False
@@ -203,6 +209,7 @@ _RANGES = {
     "checkpoint_every_epochs": (1, math.inf, True),
     "keep_checkpoints": (1, math.inf, True),
     "log_every_steps": (1, math.inf, True),
+    "steps_in_flight": (1, math.inf, True),
 }
 
 
@@ -284,7 +291,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             '`config.preprocess="gcn_zca"` transforms the whole split in memory: use "standardize" '
             'or "none" with `input="stream"`.'
         )
+    profile_range(config.profile_steps)
     check_model_config(config, config.image_size or 32)
+
+
+def profile_range(text: str) -> tuple[int, int] | None:
+    """``config.profile_steps`` ("A:B", 1 <= A < B) as (A, B); None for "".
+
+    Raises:
+      ConfigError: anything else, in one sentence.
+    """
+    if not text:
+        return None
+    first, _, stop = text.partition(":")
+    if first.strip().isdigit() and stop.strip().isdigit() and 1 <= int(first) < int(stop):
+        return int(first), int(stop)
+    raise ConfigError(
+        f'`config.profile_steps` must be "A:B" with whole numbers 1 <= A < B (trace steps A to '
+        f'B-1), or "" for no trace; got {text!r}.'
+    )
 
 
 def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:

@@ -43,13 +43,15 @@ class Engine:
       train_batch: (state, images, labels, flips) -> (state, metrics) on one streamed global
         batch (uint8 images, normalised and mirrored where ``flips`` inside), as
         :attr:`put_batch` returns it; the state is donated.
-      eval_batch: (state, host images, host labels, tta=False) -> summed metrics of one padded
-        batch, whose size is a multiple of ``num_devices``; ``tta`` uses the views of
-        ``fns.cfg.tta``.
+      eval_batch: (state, images, labels, tta=False) -> summed metrics of one padded batch,
+        whose size is a multiple of ``num_devices``: host arrays, or what :attr:`put_eval`
+        returned for them; ``tta`` uses the views of ``fns.cfg.tta``.
       eval_local: (state, images, labels, tta=False) -> summed metrics of one padded batch
         of which this process passes its own rows (streamed evaluation).
       put_dataset: (host images, host labels) -> the training split on the devices.
       put_batch: (this process's rows of arrays of a batch) -> the global arrays.
+      put_eval: (host images, host labels) of one evaluation batch -> the arrays
+        :attr:`eval_batch` takes, placed on the devices where the engine can hold them.
       saved: state on the devices -> the single copy that checkpoints hold.
       restored: that copy -> the state on the devices.
     """
@@ -63,6 +65,7 @@ class Engine:
     eval_local: Callable[..., dict[str, Any]]
     put_dataset: Callable[..., tuple[jax.Array, jax.Array]]
     put_batch: Callable[..., tuple[Any, Any]]
+    put_eval: Callable[..., tuple[Any, Any]]
     saved: Callable[[TrainState], TrainState]
     restored: Callable[[TrainState], TrainState]
 
@@ -121,9 +124,14 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         for tta, fn in ((False, fns.eval), (True, fns.eval_tta))
     }
 
-    def eval_batch(state, images, labels, tta=False):
+    def put_eval(images, labels):
         put = functools.partial(parallel.to_global, sharding=batch_sharding)
-        return eval_steps[tta](state, put(images), put(labels))
+        return put(images), put(labels)
+
+    def eval_batch(state, images, labels, tta=False):
+        if not isinstance(images, jax.Array):
+            images, labels = put_eval(images, labels)
+        return eval_steps[tta](state, images, labels)
 
     def put_batch(*arrays):
         return tuple(parallel.from_process_local(a, batch_sharding) for a in arrays)
@@ -156,17 +164,19 @@ def mesh_engine(fns: StepFns, mesh: Mesh) -> Engine:
         eval_local=eval_local,
         put_dataset=put_dataset,
         put_batch=put_batch,
+        put_eval=put_eval,
         saved=lambda state: state,  # the mesh path saves its global arrays as they are
         restored=restored,
     )
 
 
-def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int, tta=False):
-    """Mean loss and accuracy over a whole split, in padded batches of about ``batch_size``;
-    ``tta``: with the test-time views of the run's ``tta`` setting."""
+def eval_batches(engine: Engine, images, labels, batch_size: int) -> list[tuple[Any, Any]]:
+    """A split in padded batches of about ``batch_size`` (a multiple of the device count;
+    padding rows are labelled -1 and not counted), placed for :attr:`Engine.eval_batch` once,
+    so that every evaluation of a run reuses them: on a mesh they stay on the devices."""
     devices = engine.num_devices
     batch_size = max(devices, batch_size // devices * devices)
-    totals: dict[str, float] = {}
+    out = []
     for start in range(0, len(labels), batch_size):
         xb = images[start : start + batch_size]
         yb = np.asarray(labels[start : start + batch_size], np.int32)
@@ -174,6 +184,22 @@ def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int,
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, -np.ones(pad, np.int32)])
-        for k, v in jax.device_get(engine.eval_batch(state, xb, yb, tta)).items():
+        out.append(engine.put_eval(xb, yb))
+    return out
+
+
+def evaluate_batches(engine: Engine, state: TrainState, batches, tta=False) -> dict[str, float]:
+    """Mean loss and accuracy over :func:`eval_batches`: every batch dispatched before any
+    result is read, then one transfer; summed in batch order."""
+    results = jax.device_get([engine.eval_batch(state, x, y, tta) for x, y in batches])
+    totals: dict[str, float] = {}
+    for metrics in results:
+        for k, v in metrics.items():
             totals[k] = totals.get(k, 0) + v
     return eval_means(totals)
+
+
+def evaluate(engine: Engine, state: TrainState, images, labels, batch_size: int, tta=False):
+    """Mean loss and accuracy over a whole split, in padded batches of about ``batch_size``;
+    ``tta``: with the test-time views of the run's ``tta`` setting."""
+    return evaluate_batches(engine, state, eval_batches(engine, images, labels, batch_size), tta)

@@ -126,11 +126,11 @@ def evaluate_stream(
     fn = streaming.EvalBatches(source, batch_size, spec, jax.process_index(), jax.process_count())
     totals: dict[str, float] = {}
     iterator = streaming.batches(fn, 0, len(fn), workers=0, threads=threads)
-    try:
-        for batch in iterator:
-            metrics = engine.eval_local(state, batch["image"], batch["label"], tta)
-            for k, v in jax.device_get(metrics).items():
-                totals[k] = totals.get(k, 0) + v
+    try:  # every batch dispatched as it is decoded, the results read once at the end
+        results = [engine.eval_local(state, b["image"], b["label"], tta) for b in iterator]
     finally:
         iterator.close()
+    for metrics in jax.device_get(results):
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0) + v
     return eval_means(totals)

@@ -11,6 +11,7 @@ Stages, in order: data; model and compiled steps; restore (or initialise); the e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,13 +28,14 @@ from tqdm import tqdm
 from cnnjax import models
 from cnnjax.data import Dataset
 from cnnjax.data import stream as streaming
-from cnnjax.errors import DataError, NonFiniteLossError
+from cnnjax.errors import DataError
 from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
-from cnnjax.train.config import validate_config
-from cnnjax.train.engine import Engine, evaluate
+from cnnjax.train.config import profile_range, validate_config
+from cnnjax.train.engine import Engine, eval_batches, evaluate_batches
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
+from cnnjax.train.meter import Meter, process_age
 from cnnjax.train.metrics import MetricWriter
 from cnnjax.train.plots import plot_curves
 from cnnjax.train.step import TrainState, unseen_views
@@ -41,6 +43,7 @@ from cnnjax.train.step import TrainState, unseen_views
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
+    entered, before_run = time.perf_counter(), _before_first_run()
     validate_config(config)
     lead = jax.process_index() == 0  # multi-host: process 0 locks and writes the records
     if lead:
@@ -69,6 +72,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 saved_input = ckpts.restore_input(latest) if stream else None
             run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
             run.data_seconds, run.input_line = data_seconds, f"input: {source} ({why})"
+            run.before_run_seconds = before_run
+            run.setup_seconds = run.started - entered - data_seconds
             run.saved_input = saved_input
             if run.start(state):
                 return run.finished_results()
@@ -77,6 +82,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if stopped:
                 return {"stopped_at_step": stopped}
         return _finish(run, state)
+
+
+_PROCESS_TIMED = []  # whether this process has reported its time before its first run
+
+
+def _before_first_run() -> float:
+    """The process's age at its first run (imports, flags); 0 for later runs in it."""
+    if _PROCESS_TIMED:
+        return 0.0
+    _PROCESS_TIMED.append(True)
+    return process_age() or 0.0
 
 
 def _has_checkpoints(directory: str) -> bool:
@@ -98,13 +114,18 @@ class _Run:
     first_step: int = 0
     num_params: int = 0
     data_seconds: float = 0.0
+    setup_seconds: float = 0.0  # model and initial (or restored) state
+    before_run_seconds: float = 0.0  # the process before train_and_evaluate (imports, flags)
     eval_seconds: float = 0.0  # this process's per-epoch evaluations (not training time)
+    checkpoint_seconds: float = 0.0
     prior: dict[str, float] = dataclasses.field(default_factory=dict)  # earlier processes'
-    meter: _Meter | None = None
+    meter: Meter | None = None
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_eval_step: int = -1  # the step last_eval was measured at
     input_line: str = ""  # where batches come from, and why
     saved_input: dict | None = None  # the input state of the checkpoint resumed from
     feed: DeviceFeed | StreamFeed | None = None
+    eval_data: dict[str, list] = dataclasses.field(default_factory=dict)  # split -> batches
 
     @property
     def steps_per_epoch(self) -> int:
@@ -156,19 +177,48 @@ class _Run:
         return workdir_lib.read_json(path, "remove it to evaluate the finished run again.")
 
     def timing(self) -> dict[str, float]:
-        """Seconds of the whole run so far, over this process and the ones it resumed:
-        training (compilation and per-epoch evaluations excluded), compilation (the first step
-        of each process) and per-epoch evaluation."""
-        first = self.meter.compile_seconds if self.meter else 0.0  # the process's first step
-        now = time.perf_counter() - self.started - self.eval_seconds - first
+        """Seconds of the whole run so far, over this process and the ones it resumed.
+
+        ``train_seconds`` is training as airbench counts it (compilation and per-epoch
+        evaluations excluded). The rest split the wall time: ``before_run_seconds`` (the
+        process before ``train_and_evaluate``: imports and flags, for a program),
+        ``data_seconds`` (loading, decoding, starting input workers), ``setup_seconds``
+        (model, initial or restored state), ``compile_seconds`` (each process's first step),
+        ``steps_seconds`` (every other step), of which ``device_wait_seconds`` the host spent
+        blocked on the device and ``input_wait_seconds`` waiting for streamed batches, with
+        ``step_device_seconds`` the steps' device time where it could be read off (see
+        :mod:`cnnjax.train.meter`), then ``log_seconds``, ``eval_seconds`` (per-epoch) and
+        ``checkpoint_seconds`` (what saving kept the loop waiting)."""
+        meter = self.meter.timing() if self.meter else {}
+        first = meter.get("compile", 0.0)
         waited, started = (self.feed.wait_seconds, self.feed.start_seconds) if self.feed else (0, 0)
-        return {
-            "train_seconds": self.prior["train_seconds"] + now,
+        now = {
+            "train_seconds": time.perf_counter() - self.started - self.eval_seconds - first,
+            "before_run_seconds": self.before_run_seconds,
+            "data_seconds": self.data_seconds + started,
+            "setup_seconds": self.setup_seconds,
             # Less the wait for the input workers to start (reported as data loading).
-            "compile_seconds": self.prior["compile_seconds"] + max(0.0, first - started),
-            "eval_seconds": self.prior["eval_seconds"] + self.eval_seconds,
-            "input_wait_seconds": self.prior.get("input_wait_seconds", 0.0) + waited,
+            "compile_seconds": max(0.0, first - started),
+            "steps_seconds": meter.get("steps", 0.0),
+            "device_wait_seconds": meter.get("wait", 0.0),
+            "input_wait_seconds": waited,
+            "log_seconds": meter.get("log", 0.0),
+            "eval_seconds": self.eval_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
         }
+        out = {k: self.prior.get(k, 0.0) + v for k, v in now.items()}
+        if "step_device" in meter or "step_device_seconds" in self.prior:
+            out["step_device_seconds"] = self.prior.get("step_device_seconds", 0.0) + meter.get(
+                "step_device", 0.0
+            )
+        return out
+
+    def last_good(self) -> str:
+        """A sentence naming the last good checkpoint, for errors that stop the run."""
+        return (
+            f"The last good checkpoint (step {self.checkpoints.latest_step()}) is kept in "
+            f"{self.checkpoints.directory}"
+        )
 
     def evaluate(self, state: TrainState, split: str, tta: bool = False) -> dict[str, float]:
         """Mean loss and accuracy of ``split``, held on the host or streamed."""
@@ -176,7 +226,9 @@ class _Run:
         if isinstance(self.dataset, streaming.StreamDataset):
             spec = stream_spec(self.config, self.dataset)
             return evaluate_stream(self.engine, state, data, spec, batch_size, tta)
-        return evaluate(self.engine, state, data.images, data.labels, batch_size, tta)
+        if split not in self.eval_data:  # placed once, reused by every evaluation of the run
+            self.eval_data[split] = eval_batches(self.engine, data.images, data.labels, batch_size)
+        return evaluate_batches(self.engine, state, self.eval_data[split], tta)
 
     def open_feed(self) -> DeviceFeed | StreamFeed:
         """The training batches of this process, from the restored step on."""
@@ -197,83 +249,54 @@ class _Run:
             self.say(feed.note)
         return feed
 
-    def save(self, step: int, state: TrainState) -> None:
+    def save(self, step: int, state: TrainState, wait: bool = False) -> None:
+        """Checkpoints ``step``: the state is copied off the devices now and written in the
+        background unless ``wait`` (the next save, or the run's end, waits for it)."""
+        begun = time.perf_counter()
         metrics = {"val_accuracy": self.last_eval["val_accuracy"]} if self.last_eval else None
         input_state = self.feed.state() if self.feed else None
-        self.checkpoints.save(step, self.engine.saved(state), metrics, input_state)
+        self.checkpoints.save(step, self.engine.saved(state), metrics, input_state, wait=wait)
+        self.checkpoint_seconds += time.perf_counter() - begun
         if self.lead:
             workdir_lib.save_timing(self.workdir, step, self.timing())
 
 
-class _Meter:
-    """Step times and running means of the step metrics, for log rows and epoch summaries.
-
-    Metrics arrive one step behind the dispatch (waiting for them is what synchronises); the
-    time between two arrivals is one step's time, except for the first step of the process,
-    which includes compilation and is reported as ``compile_seconds`` instead.
-    """
-
-    def __init__(self, first_step: int, batch_size: int):
-        self.first_step, self.batch_size = first_step, batch_size
-        self.last = time.perf_counter()
-        self.compile_seconds = 0.0
-        self.epoch, self.log = _Sums(), _Sums()
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        now = time.perf_counter()
-        elapsed, self.last = now - self.last, now
-        if step == self.first_step + 1:
-            self.compile_seconds = elapsed
-        else:
-            metrics = {**metrics, "step_time": elapsed, "images_per_sec": self.batch_size / elapsed}
-        self.epoch.add(metrics)
-        self.log.add(metrics)
-
-    def restart_clock(self) -> None:
-        """Time spent outside the steps (evaluation, checkpoints) is not step time."""
-        self.last = time.perf_counter()
-
-    def log_row(self) -> dict[str, float]:
-        row, self.log = self.log.mean(prefix="train_"), _Sums()
-        return row
-
-    def epoch_row(self) -> dict[str, float]:
-        row, self.epoch = self.epoch.mean(prefix="train_"), _Sums()
-        return row
-
-
 def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState, int]:
-    """The epoch loop. Returns the final state and the step it stopped at on a signal (else 0)."""
+    """The epoch loop. Returns the final state and the step it stopped at on a signal (else 0).
+
+    The host runs up to ``steps_in_flight`` steps ahead of the device and brings metrics over
+    only when a row is logged (:class:`cnnjax.train.meter.Meter`)."""
     config = run.config
     feed = run.feed = run.open_feed()
-    meter = run.meter = _Meter(run.first_step, config.batch_size)
+    meter = run.meter = Meter(
+        run.first_step, config.batch_size, config.steps_in_flight, run.last_good
+    )
     # Off when stderr is not a terminal (nohup, a cluster's log): its carriage-return updates
     # would fill the file; the log rows say the same.
     bar = _ProgressBar(run, enabled=run.lead and config.progress and sys.stderr.isatty())
-    step, pending = run.first_step, None
+    step, trace = run.first_step, _Trace(run)
     try:
         while step < run.total_steps:
             try:
-                state, metrics = feed.step(state)
+                with trace.around(step + 1):
+                    state, metrics = feed.step(state)
             except DataError:
                 if not stop.signal_name:
                     raise
                 # A SIGTERM to the whole process group (a cluster's scheduler) ends the input
                 # workers too; the state of `step` is whole, so it is saved as on any signal.
+                _log_rows(run, bar, step, now=True)
                 _save_on_signal(run, state, step, stop.signal_name)
                 return state, step
             step += 1
-            if pending is not None:
-                meter.add(*_checked(run, *pending))
-            pending = (step, metrics)
+            trace.after(step, metrics)
+            meter.add(step, metrics)
             bar.update(step)
             epoch_end = step % run.steps_per_epoch == 0 or step == run.total_steps
             if step % config.log_every_steps == 0 or epoch_end or stop.signal_name:
-                meter.add(*_checked(run, *pending))
-                pending = None
-                row = meter.log_row()
-                bar.show(row)
-                run.writer.write(step, row)
+                # What a checkpoint or an epoch's summary follows is read at once; other rows
+                # a row later, so that logging never waits for the device.
+                _log_rows(run, bar, step, now=epoch_end or bool(stop.signal_name))
             if epoch_end:
                 _end_of_epoch(run, state, step, meter.epoch_row())
                 meter.restart_clock()
@@ -281,6 +304,7 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
                 _save_on_signal(run, state, step, stop.signal_name)
                 return state, step
     finally:
+        trace.close()
         bar.close()
         feed.close()
         run.checkpoints.wait()
@@ -288,18 +312,12 @@ def _train(run: _Run, state: TrainState, stop: _StopRequest) -> tuple[TrainState
     return state, 0
 
 
-def _checked(run: _Run, step: int, metrics) -> tuple[int, dict[str, float]]:
-    """The step's metrics on the host; raises NonFiniteLossError if the loss diverged."""
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    for name in ("loss", "accuracy"):
-        if not math.isfinite(metrics[name]):
-            raise NonFiniteLossError(
-                f"training stopped at step {step}: the train {name} is {metrics[name]} (not "
-                f"finite). The last good checkpoint (step {run.checkpoints.latest_step()}) is "
-                f"kept in {run.checkpoints.directory}; lower `learning_rate` or set "
-                "`grad_clip_norm`."
-            )
-    return step, metrics
+def _log_rows(run: _Run, bar: _ProgressBar, step: int, now: bool) -> None:
+    """Ends the metrics row at ``step`` and writes the rows that are ready."""
+    with run.meter.row(step, now) as rows:
+        for row_step, row in rows:
+            bar.show(row)
+            run.writer.write(row_step, row)
 
 
 def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, float]) -> None:
@@ -310,7 +328,7 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, fl
         begun = time.perf_counter()
         m = run.evaluate(state, "validation")
         run.eval_seconds += time.perf_counter() - begun
-        run.last_eval = {"val_" + k: v for k, v in m.items()}
+        run.last_eval, run.last_eval_step = {"val_" + k: v for k, v in m.items()}, step
         summary.update(run.last_eval)
     summary["elapsed_seconds"] = run.timing()["train_seconds"]  # the whole run's, so far
     run.writer.write(step, {"epoch": epoch, **summary})
@@ -325,8 +343,7 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, summary: dict[str, fl
 
 
 def _save_on_signal(run: _Run, state: TrainState, step: int, signal_name: str) -> None:
-    run.save(step, state)
-    run.checkpoints.wait()
+    run.save(step, state, wait=True)
     run.say(
         f"received {signal_name}: saved the checkpoint of step {step} in "
         f"{run.checkpoints.directory}; run the same command again to resume."
@@ -341,9 +358,13 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
     note = unseen_views(config.tta, config.flip, config.crop_padding)
     if note:
         run.say(f"warning: {note}")
+    begun = time.perf_counter()
     for split, key in (("validation", "val"), ("test", "test")):
         if split in run.dataset.splits:
-            m = run.evaluate(state, split)
+            if split == "validation" and run.last_eval_step == run.total_steps:
+                m = {k.removeprefix("val_"): v for k, v in run.last_eval.items()}  # this state's
+            else:
+                m = run.evaluate(state, split)
             results[f"{key}_loss"], results[f"{key}_accuracy"] = m["loss"], m["accuracy"]
             results[f"{key}_error"] = 1.0 - m["accuracy"]
             if "top5_accuracy" in m:
@@ -352,7 +373,7 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
                 results[f"{key}_tta_accuracy"] = run.evaluate(state, split, tta=True)["accuracy"]
     # Like airbench: training plus the final evaluation, not the per-epoch evaluations nor
     # compilation; over the whole run, resumed segments included.
-    timing = run.timing()
+    timing = {**run.timing(), "final_eval_seconds": time.perf_counter() - begun}
     results["train_seconds"] = timing["train_seconds"]
     results["compile_seconds"] = timing["compile_seconds"]
     results["data_seconds"] = run.data_seconds + (run.feed.start_seconds if run.feed else 0.0)
@@ -364,7 +385,52 @@ def _finish(run: _Run, state: TrainState) -> dict[str, float]:
             json.dump(results, f, indent=2, sort_keys=True)
         plot_curves(run.workdir)
         run.say("final: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        run.say(_time_line(timing))
     return results
+
+
+def _time_line(t: dict[str, float]) -> str:
+    """Where the run's wall time went, in seconds (``timing.json``'s fields)."""
+    host = t["steps_seconds"] - t["device_wait_seconds"] - t["input_wait_seconds"]
+    device = t.get("step_device_seconds")
+    return (
+        f"time (s): before run {t['before_run_seconds']:.1f}, data {t['data_seconds']:.1f}, "
+        f"setup {t['setup_seconds']:.1f}, compile {t['compile_seconds']:.1f}, steps "
+        f"{t['steps_seconds']:.1f} (host {host:.2f}, waiting for the device "
+        f"{t['device_wait_seconds']:.1f}, for input {t['input_wait_seconds']:.1f}"
+        + (f"; the steps' device time {device:.1f}" if device is not None else "")
+        + f"), logging {t['log_seconds']:.2f}, evaluation {t['eval_seconds']:.1f}, "
+        f"checkpoints {t['checkpoint_seconds']:.2f}, final evaluation {t['final_eval_seconds']:.1f}"
+    )
+
+
+class _Trace:
+    """A profiler trace of the steps ``config.profile_steps`` names, in ``<workdir>/profile``:
+    started before the first, each step annotated with its number, stopped once the last has
+    finished on the device."""
+
+    def __init__(self, run: _Run):
+        self.span = profile_range(run.config.profile_steps)
+        self.directory, self.tracing = os.path.join(run.workdir, "profile"), False
+
+    def around(self, step: int):
+        """A context for dispatching ``step``: the trace's step annotation while tracing."""
+        if self.span and not self.tracing and self.span[0] <= step < self.span[1]:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self.tracing = True
+        if self.tracing:
+            return jax.profiler.StepTraceAnnotation("train", step_num=step)
+        return contextlib.nullcontext()
+
+    def after(self, step: int, metrics) -> None:
+        if self.tracing and step == self.span[1] - 1:
+            jax.block_until_ready(metrics)
+            self.close()
+
+    def close(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            self.tracing, self.span = False, None
 
 
 class _ProgressBar:
@@ -416,23 +482,6 @@ class _StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class _Sums:
-    def __init__(self):
-        self.total: dict[str, float] = {}
-        self.count: dict[str, int] = {}
-
-    def add(self, m: dict[str, float]) -> None:
-        for k, v in m.items():
-            self.total[k] = self.total.get(k, 0.0) + v
-            self.count[k] = self.count.get(k, 0) + 1
-
-    def mean(self, prefix: str = "") -> dict[str, float]:
-        out = {prefix + k: self.total[k] / self.count[k] for k in self.total}
-        if prefix + "learning_rate" in out:
-            out["learning_rate"] = out.pop(prefix + "learning_rate")
-        return out
 
 
 def _epoch_line(epoch: int, num_epochs: float, m: dict[str, float]) -> str:

@@ -130,6 +130,7 @@ def pmap_engine(fns: StepFns, devices) -> Engine:
         eval_local=eval_batch,  # single-host: this process's rows are the whole batch
         put_dataset=lambda images, labels: (replicate(images), replicate(labels)),
         put_batch=lambda *arrays: tuple(map(split, arrays)),
+        put_eval=lambda images, labels: (images, labels),  # each call moves its batch
         saved=first,
         restored=replicate,
     )

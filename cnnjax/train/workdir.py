@@ -27,6 +27,8 @@ from cnnjax.errors import CheckpointError, ConfigError
 OPERATIONAL = (
     "progress",
     "log_every_steps",
+    "steps_in_flight",
+    "profile_steps",
     "eval_batch_size",
     "eval_every_epochs",
     "checkpoint_every_epochs",
