@@ -12,6 +12,7 @@ from cnnjax.parallel import jit
 from cnnjax.receptive_field import (
     ReceptiveField,
     empirical_receptive_field,
+    last_spatial_field,
     receptive_field,
     receptive_field_table,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "empirical_receptive_field",
     "jit",
+    "last_spatial_field",
     "ops",
     "receptive_field",
     "receptive_field_table",

@@ -489,6 +489,31 @@ def receptive_field_table(
     return [LayerRow(name, tuple(shapes[name].shape), fields[name]) for name in order]
 
 
+def last_spatial_field(model, input_shape: Sequence[int]) -> ReceptiveField:
+    """The receptive field of a network's last spatial feature map: the units its global
+    pooling averages (or its classifier reads).
+
+    ``model`` is a Flax module whose ``apply(variables, x, return_features=True)`` returns
+    ``(logits, {name: activation})`` in layer order, as every :mod:`cnnjax.models` network
+    does; ``input_shape`` is (1, H, W, C). Only shapes are used: nothing is initialised.
+
+    Raises:
+      ReceptiveFieldError: every layer sees the whole image (dense layers), or an operation
+        the analysis cannot follow.
+    """
+    shape = tuple(input_shape)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
+    # The analysis needs shapes only; zeros avoid running the initialisers.
+    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    rows = receptive_field_table(
+        lambda x: model.apply(variables, x, return_features=True)[1], shape
+    )
+    spatial = [r.field for r in rows if r.field is not None and not r.field.is_global]
+    if not spatial:
+        raise ReceptiveFieldError("every layer sees the whole image (`dense` layers)")
+    return spatial[-1]
+
+
 def format_table(rows: Sequence[LayerRow]) -> str:
     """Markdown table: layer, output size, receptive field, effective stride, padding."""
 

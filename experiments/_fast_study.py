@@ -61,7 +61,7 @@ def _input_shape(train) -> tuple[int, int, int]:
 
 
 def _field(variant: str, train) -> str:
-    from experiments.model_table import last_spatial_field
+    from cnnjax import last_spatial_field
 
     # The same geometry with the blur's reflect padding as zeros: the analysis follows pads,
     # not the reversals that mirror images.

@@ -18,22 +18,15 @@ import flax.linen as flax_nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import ops
-from cnnjax.models._common import scaled
-from cnnjax.models.inception import GOOGLENET_WIDTHS
+from cnnjax import models, ops
 from cnnjax.nn import INCEPTION_BRANCHES as BRANCHES
 from cnnjax.nn import Inception
 from cnnjax.train import variables_of
 
-MODULES = ("inception3a", "inception3b", "inception4a")
-_INPUT_CONVS = ("branch1x1", "branch3x3_reduce", "branch5x5_reduce", "pool_proj")
 
-
-def branch_slices(width: float, module: str) -> dict[str, slice]:
+def branch_slices(site: models.InceptionSite) -> dict[str, slice]:
     """The channels of each branch in the module's concatenated output."""
-    widths = (scaled(c, width) for c in GOOGLENET_WIDTHS[module[len("inception") :]])
-    layer = Inception(*widths)
-    return {b: layer.branch_channels(b) for b in BRANCHES}
+    return {b: site.module.branch_channels(b) for b in BRANCHES}
 
 
 def check_branches(names: str) -> tuple[str, ...]:
@@ -48,17 +41,6 @@ def check_branches(names: str) -> tuple[str, ...]:
     return picked or BRANCHES
 
 
-def consumers(model, module: str) -> list[tuple[tuple[str, ...], int, int]]:
-    """(parameter path of the kernel, stride, padding) of each layer that reads ``module``."""
-    i = MODULES.index(module)
-    stage_end = {"inception3b": "down1", "inception4a": "down2"}
-    if module in stage_end and model.downsample == "stride":
-        return [((stage_end[module], "conv", "kernel"), 2, 1)]
-    if i + 1 < len(MODULES):
-        return [((MODULES[i + 1], name, "conv", "kernel"), 1, 0) for name in _INPUT_CONVS]
-    return [(("head", "kernel"), 1, 0)]
-
-
 def _get(params, path):
     for key in path:
         params = params[key]
@@ -66,16 +48,16 @@ def _get(params, path):
 
 
 def weight_shares(model, params) -> dict[str, dict[str, float]]:
-    """Per module, each branch's share of its consumers' squared kernel norm."""
+    """Per module, each branch's share of its readers' squared kernel norm."""
     out = {}
-    for module in MODULES:
+    for site in models.inception_sites(model):
         norms = dict.fromkeys(BRANCHES, 0.0)
-        for path, _, _ in consumers(model, module):
-            kernel = _get(params, path)
-            for b, sl in branch_slices(model.width, module).items():
+        for reader in site.readers:
+            kernel = _get(params, reader.kernel)
+            for b, sl in branch_slices(site).items():
                 norms[b] += float(np.sum(kernel[..., sl, :] ** 2))
         total = sum(norms.values())
-        out[module] = {b: v / total for b, v in norms.items()}
+        out[site.name] = {b: v / total for b, v in norms.items()}
     return out
 
 
@@ -127,8 +109,9 @@ def analyse(
             correct += int(np.sum(np.argmax(logits, -1) == labels[s : s + batch_size]))
         return correct / len(images)
 
-    # One pass records each module's output and each consumer's input.
-    paths = {path[:-1] for m in MODULES for path, _, _ in consumers(model, m)}
+    # One pass records each module's output and each reader's input.
+    sites = models.inception_sites(model)
+    paths = {r.kernel[:-1] for site in sites for r in site.readers}
     inputs: dict = {}
     outputs: dict = {}
 
@@ -145,14 +128,14 @@ def analyse(
     means = {m: np.concatenate(v).mean(axis=0) for m, v in outputs.items()}
     base = accuracy()
     ablated, contribution = {}, {}
-    for module in MODULES:
-        slices = branch_slices(model.width, module)
+    for site in sites:
+        module, slices = site.name, branch_slices(site)
         ablated[module] = {
             b: accuracy(_replacer(module, slices[b], means[module][..., slices[b]]))
             for b in branches
         }
         totals = dict.fromkeys(BRANCHES, 0.0)
-        for path, stride, padding in consumers(model, module):
+        for path, stride, padding in site.readers:
             kernel = _get(state.params, path)
             x = inputs[path[:-1]]
             for b, sl in slices.items():
@@ -169,7 +152,7 @@ def analyse(
     return {
         "accuracy": base,
         "branches": list(branches),
-        "weight_share": {m: {b: shares[m][b] for b in branches} for m in MODULES},
+        "weight_share": {m: {b: shares[m][b] for b in branches} for m in shares},
         "ablated_accuracy": ablated,
         "contribution_share": contribution,
     }
@@ -187,21 +170,21 @@ def plot(report: dict, path: str) -> None:
         ("ablated_accuracy", "accuracy lost, mean-replaced (points)", None),
         ("contribution_share", "share of |contribution| (%)", 100.0),
     )
-    branches = report["branches"]
+    branches, modules = report["branches"], list(report["weight_share"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, title, scale) in zip(axes, panels, strict=True):
         if scale is None:
             grid = [
-                [100 * (report["accuracy"] - report[key][m][b]) for b in branches] for m in MODULES
+                [100 * (report["accuracy"] - report[key][m][b]) for b in branches] for m in modules
             ]
         else:
-            grid = [[scale * report[key][m][b] for b in branches] for m in MODULES]
+            grid = [[scale * report[key][m][b] for b in branches] for m in modules]
         im = ax.imshow(grid, cmap="viridis")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=9)
         ax.set_xticks(range(len(branches)), branches)
-        ax.set_yticks(range(len(MODULES)), MODULES)
+        ax.set_yticks(range(len(modules)), modules)
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
@@ -211,7 +194,7 @@ def plot(report: dict, path: str) -> None:
 
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
-    for m in MODULES:
+    for m in report["weight_share"]:  # the modules, in the network's order
         for b in report["branches"]:
             rows.append(
                 [

@@ -1,6 +1,6 @@
 """The main job (``make demo``): pooling versus strided convolution on the bundled digits.
 
-    python -m experiments.demo [--out_dir=results/demo] [--seeds=2]
+    python -m experiments.demo [--out_dir=results/demo] [--seeds=2] [--epochs=E]
 
 Trains the four model-C variants of the All-CNN paper (model_c and strided_cnn_c downsample
 by max-pooling or by a strided last convolution; convpool_cnn_c and all_cnn_c add a 3×3
@@ -24,6 +24,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "results/demo", "Where the table and figures go.")
 flags.DEFINE_integer("seeds", 2, "Seeds per variant.")
 flags.DEFINE_string("variants", study_configs.C_VARIANTS, "Comma-separated model names.")
+flags.DEFINE_float("epochs", None, "Epochs per run (default: the quick study's).")
 
 
 def main(argv):
@@ -32,6 +33,9 @@ def main(argv):
     config = study_configs.get_config("quick")
     config.out_dir, config.seeds, config.variants = FLAGS.out_dir, FLAGS.seeds, FLAGS.variants
     config.train.progress = False
+    if FLAGS.epochs is not None:
+        config.train.num_epochs = FLAGS.epochs
+        config.train.warmup_epochs = min(config.train.warmup_epochs, FLAGS.epochs)
     records = pool_vs_stride.run_study(config)
     out = pool_vs_stride.write_outputs(config, records)
     pool = pool_vs_stride.run_dir(config.out_dir, "model_c", config.train.learning_rate, 0)

@@ -5,7 +5,7 @@
         --models=googlenet,resnet18,resnet34,resnet50 --downsample=pool,stride,blurpool
 
 The receptive field is the one of the last spatial feature map before global pooling
-(the units the classifier averages), from :func:`cnnjax.receptive_field`. GoogLeNet is
+(the units the classifier averages), from :func:`cnnjax.last_spatial_field`. GoogLeNet is
 counted without its auxiliary classifiers (they exist only in training). ``--downsample``
 adds a row per variant for every model that has it.
 """
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from cnnjax import models, receptive_field_table
+from cnnjax import last_spatial_field, models
 from cnnjax.receptive_field import ReceptiveFieldError
 from experiments import _bench
 
@@ -25,20 +25,6 @@ flags.DEFINE_integer("image_size", 32, "Input height and width.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_list("models", [], "Registry names (default: all).")
 flags.DEFINE_list("downsample", [], "Also these `downsample` variants of each model.")
-
-
-def last_spatial_field(model, shape):
-    """The receptive field of the last spatial feature map before global pooling."""
-    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jnp.zeros(shape))
-    # The analysis needs shapes only; zeros avoid running the initialisers.
-    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-    rows = receptive_field_table(
-        lambda x: model.apply(variables, x, return_features=True)[1], shape
-    )
-    spatial = [r.field for r in rows if r.field is not None and not r.field.is_global]
-    if not spatial:
-        raise ReceptiveFieldError("every layer sees the whole image (`dense` layers)")
-    return spatial[-1]
 
 
 def model_row(name: str, image_size: int, num_classes: int, **overrides) -> list[object]:

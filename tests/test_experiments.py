@@ -89,6 +89,30 @@ def test_study_writes_table_and_plots(study):
         assert _png_ok(os.path.join(config.out_dir, name))
 
 
+def test_make_demo_runs_end_to_end_and_leaves_its_table_and_figures(tmp_path):
+    # `make demo`'s program and code path, at a tiny budget: two variants, one seed, a
+    # quarter of an epoch (5 steps) each.
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.demo", f"--out_dir={out}", "--seeds=1",
+         "--variants=model_c,all_cnn_c", "--epochs=0.25"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (out / "table.md").read_text()
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+        "model_c",
+        "all_cnn_c",
+    ]
+    assert table.strip() in proc.stdout  # printed, and the same as the file
+    with open(out / "table.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["model_c", "all_cnn_c"]
+    figures = ["error_vs_epoch.png", "error_vs_time.png", "error_vs_params.png"]
+    for name in [*figures, "feature_maps_model_c_vs_all_cnn_c.png"]:
+        assert f"  {name}" in proc.stdout
+        assert _png_ok(str(out / name))
+
+
 def test_study_reuses_finished_runs(study, capsys):
     config, records, _ = study
     again = pool_vs_stride.run_study(config)
@@ -385,7 +409,7 @@ def _max_pool_3x3_stride_2(x):
 def test_inception_branch_measures_against_the_network_by_hand(tmp_path):
     import flax.linen as flax_nn
 
-    from cnnjax import train
+    from cnnjax import models, train
     from cnnjax.data import load_dataset, normalize, preprocess
     from experiments import _inception_branches as ib
     from experiments.configs import inception_branches
@@ -409,7 +433,8 @@ def test_inception_branch_measures_against_the_network_by_hand(tmp_path):
     classify = lambda o: _max_pool_3x3_stride_2(o).mean((1, 2)) @ head["kernel"] + head["bias"]
     # float64 against the network's float32 logits: same classes up to near-ties, one image.
     assert np.mean(classify(out).argmax(-1) == np.argmax(logits, -1)) >= 1 - 1 / 32
-    slices = ib.branch_slices(model.width, "inception4a")
+    sites = {site.name: site for site in models.inception_sites(model)}
+    slices = ib.branch_slices(sites["inception4a"])
 
     def ablated(branch):
         o = out.copy()
@@ -428,14 +453,14 @@ def test_inception_branch_measures_against_the_network_by_hand(tmp_path):
     # Two branches only: the same numbers for them (shares of all four), the others left out.
     two = ib.analyse(model, state, images, labels, norm, ("pool", "1x1"))
     for key in ("weight_share", "ablated_accuracy", "contribution_share"):
-        for module in ib.MODULES:
+        for module in sites:
             assert two[key][module] == {b: report[key][module][b] for b in ("pool", "1x1")}
     assert [row[:2] for row in ib.table_rows(two)][:2] == [
         ["inception3a", "pool"],
         ["inception3a", "1x1"],
     ]
     for key in ("weight_share", "contribution_share"):
-        for module in ib.MODULES:
+        for module in sites:
             # Shares are normalised by their own total: 1 up to float64 rounding of 4 terms.
             assert sum(report[key][module].values()) == pytest.approx(1.0, rel=1e-12)
     # The classifier's weight share and contribution share of each branch, by hand in float64;
@@ -451,7 +476,7 @@ def test_inception_branch_measures_against_the_network_by_hand(tmp_path):
         # The products themselves are float32 dot products of 44 terms: 44 2^-24 relative.
         assert report["contribution_share"]["inception4a"][branch] == pytest.approx(want, rel=1e-5)
     # Replacing a branch by a constant changes what the network computes.
-    sl = ib.branch_slices(model.width, "inception3a")["1x1"]
+    sl = ib.branch_slices(sites["inception3a"])["1x1"]
     with flax_nn.intercept_methods(ib._replacer("inception3a", sl, 0.0)):
         replaced = model.apply(variables, x[:8])
     assert not np.allclose(replaced, model.apply(variables, x[:8]))

@@ -183,6 +183,38 @@ def test_bfloat16_convolutions_are_exact_but_for_rounding(monkeypatch):
         reference.assert_within(y, exact, (reference.gamma(terms) + 2.0**-8) * absolute)
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
+def test_inception_sites_name_the_layers_that_read_each_module(downsample):
+    model = models.get_model("googlenet_small", width=0.25, downsample=downsample)
+    shape = (1, 16, 16, 3)
+    variables = _abstract_vars(model, shape)
+    params = variables["params"]
+    _, feats = jax.eval_shape(
+        lambda v, x: model.apply(v, x, return_features=True), variables, jnp.zeros(shape)
+    )
+    sites = models.inception_sites(model)
+    assert [s.name for s in sites] == ["inception3a", "inception3b", "inception4a"]
+    for site in sites:
+        channels = feats[site.name].shape[-1]
+        assert site.module.features == channels
+        assert [site.module.branch_channels(b).stop for b in nn.INCEPTION_BRANCHES][-1] == channels
+        for reader in site.readers:  # a kernel of the network that takes those channels
+            kernel = params
+            for key in reader.kernel:
+                kernel = kernel[key]
+            assert kernel.shape[-2 if kernel.ndim == 4 else 0] == channels
+    # What reads each module: the next module's four input convolutions, or the strided
+    # convolution that ends a stage, or the classifier.
+    assert [r.kernel[1] for r in sites[0].readers] == list(nn.INCEPTION_INPUT_CONVS)
+    ends = [sites[1].readers[0], sites[2].readers[0]]
+    if downsample == "stride":
+        assert [(r.kernel[0], r.stride) for r in ends] == [("down1", 2), ("down2", 2)]
+    else:
+        assert [r.kernel[0] for r in ends] == ["inception4a", "head"]
+    with pytest.raises(ValueError, match=r"`model` \(AllCNN\) does not list its Inception"):
+        models.inception_sites(models.get_model("all_cnn_c"))
+
+
 def test_initialisation_is_deterministic():
     model = models.get_model("model_c", width=0.25)
     a, _ = _init(model, seed=3)

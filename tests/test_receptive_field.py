@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import empirical_receptive_field, ops, receptive_field, receptive_field_table
+from cnnjax import (
+    empirical_receptive_field,
+    last_spatial_field,
+    ops,
+    receptive_field,
+    receptive_field_table,
+)
 from cnnjax.receptive_field import ReceptiveFieldError, format_table
 
 
@@ -140,6 +146,18 @@ def test_flax_model_apply_is_analysable():
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     rf = receptive_field(lambda x: model.apply(variables, x), (1, 32, 32, 3))
     assert rf.size == (13, 13) and rf.stride == (4, 4)  # 3 -> 3+1*2 -> 5+2*4
+
+
+def test_last_spatial_field_of_a_zoo_network():
+    from cnnjax import models
+
+    # All-CNN-C: 3x3 convolutions at strides 1, 1, 2, 1, 1, 2, 1 (the 3x3 stride-2 ones in
+    # place of pooling), then two 1x1: r = 1 + 2 (1 + 1 + 1 + 2 + 2 + 2 + 4) = 27, stride 4;
+    # the class map after the 1x1 convolutions is the last spatial map.
+    rf = last_spatial_field(models.get_model("all_cnn_c"), (1, 32, 32, 3))
+    assert rf.size == (27, 27) and rf.stride == (4, 4)
+    with pytest.raises(ReceptiveFieldError, match="every layer sees the whole image"):
+        last_spatial_field(models.get_model("sharing_dense"), (1, 16, 16, 3))
 
 
 def test_bad_input_shape():

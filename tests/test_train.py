@@ -289,6 +289,8 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
         ("checkpoint_every_epochs", 0, r"`config.checkpoint_every_epochs` must be at least 1"),
         ("log_every_steps", 0, r"`config.log_every_steps` must be at least 1"),
         ("steps_in_flight", 0, r"`config.steps_in_flight` must be at least 1"),
+        ("lr_multipliers", "*bias=abc", r"`config.lr_multipliers`: 'abc' in '\*bias=abc' is not"),
+        ("frozen", "whiten/kernel=1", r"`config.frozen` takes comma-separated items of the form"),
         ("profile_steps", "5:5", r'`config.profile_steps` must be "A:B" with whole numbers'),
         ("image_size", 3, r"on 3x3 images, the size `image_size` or the dataset gives\): `w` is"),
         ("model", "resnet", r"`config.model` must be one of airbench94, all_cnn_a, "),

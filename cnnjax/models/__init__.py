@@ -27,7 +27,7 @@ from cnnjax.models._common import ACTIVATIONS, DOWNSAMPLE
 from cnnjax.models.airbench import AirBench94
 from cnnjax.models.allcnn import AllCNN
 from cnnjax.models.googlenet import GoogLeNet
-from cnnjax.models.inception import GoogLeNetSmall, SmallInception
+from cnnjax.models.inception import GoogLeNetSmall, InceptionSite, Reader, SmallInception
 from cnnjax.models.nin import NiN
 from cnnjax.models.resnet import ResNet, ResNetBlock
 from cnnjax.models.sharing import LAYERS, SharingNet
@@ -107,6 +107,24 @@ def get_model(name: str, **overrides: Any) -> nn.Module:
     return cls(**{**defaults, **overrides})
 
 
+def inception_sites(model: nn.Module) -> tuple[InceptionSite, ...]:
+    """The Inception modules of ``model`` in order, each with its branch widths and the
+    layers that read its output (:class:`InceptionSite`): what an analysis of the branches
+    needs without knowing the network's layer names.
+
+    Raises:
+      ValueError: ``model`` does not describe its Inception modules (only ``googlenet_small``
+        does today).
+    """
+    sites = getattr(model, "inception_sites", None)
+    if sites is None:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) does not list its Inception modules; "
+            "googlenet_small does (GoogLeNetSmall.inception_sites)."
+        )
+    return sites()
+
+
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter pytree (weights and biases, BatchNorm scale/shift)."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
@@ -137,7 +155,9 @@ __all__ = [
     "AllCNN",
     "GoogLeNet",
     "GoogLeNetSmall",
+    "InceptionSite",
     "NiN",
+    "Reader",
     "ResNet",
     "ResNetBlock",
     "SharingNet",
@@ -147,6 +167,7 @@ __all__ = [
     "count_params",
     "downsample_choices",
     "get_model",
+    "inception_sites",
     "list_models",
     "model_fields",
 ]

@@ -19,7 +19,7 @@ channel count.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from cnnjax.models._common import (
     keep,
     scaled,
 )
+from cnnjax.nn import INCEPTION_INPUT_CONVS as INPUT_CONVS
 from cnnjax.nn import ConvBNAct, Inception
 
 ZHANG_LAYOUT = (
@@ -114,6 +115,28 @@ class SmallInception(nn.Module):
         return (logits, feats) if return_features else logits
 
 
+class Reader(NamedTuple):
+    """A layer that reads an Inception module's output: its kernel's parameter path, stride
+    and padding (a 2-d kernel is a dense classifier over the globally pooled channels)."""
+
+    kernel: tuple[str, ...]
+    stride: int
+    padding: int
+
+
+class InceptionSite(NamedTuple):
+    """An Inception module of a network: ``name`` (its parameter scope), ``module`` (an
+    unbound :class:`cnnjax.nn.Inception` with its widths: ``module.branch_channels(b)``) and
+    ``readers``, the layers that read its output."""
+
+    name: str
+    module: Inception
+    readers: tuple[Reader, ...]
+
+
+_GOOGLENET_SMALL_STAGES = (("3a", "3b"), ("4a",))
+
+
 class GoogLeNetSmall(nn.Module):
     """GoogLeNet-style network for small images. Intermediates: ``stem``, ``inception3a``,
     ``inception3b``, ``down1``, ``inception4a``, ``down2``, ``pooled``, ``logits``."""
@@ -128,6 +151,27 @@ class GoogLeNetSmall(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def inception_sites(self) -> tuple[InceptionSite, ...]:
+        """The network's Inception modules in order, each with the layers that read it: the
+        next module's four input convolutions, the strided convolution ending a stage
+        (``downsample="stride"``; a pooled stage end is read by what follows the pool), or
+        the classifier."""
+        names = [n for stage in _GOOGLENET_SMALL_STAGES for n in stage]
+        ends = {stage[-1]: s for s, stage in enumerate(_GOOGLENET_SMALL_STAGES, start=1)}
+        sites = []
+        for i, n in enumerate(names):
+            if n in ends and self.downsample == "stride":
+                readers = (Reader((f"down{ends[n]}", "conv", "kernel"), 2, 1),)
+            elif i + 1 < len(names):
+                after = f"inception{names[i + 1]}"
+                readers = tuple(Reader((after, c, "conv", "kernel"), 1, 0) for c in INPUT_CONVS)
+            else:
+                readers = (Reader(("head", "kernel"), 1, 0),)
+            widths = (scaled(c, self.width) for c in GOOGLENET_WIDTHS[n])
+            module = Inception(*widths, parent=None)  # a description, not a submodule
+            sites.append(InceptionSite(f"inception{n}", module, readers))
+        return tuple(sites)
+
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         check_input(x, "GoogLeNetSmall")
@@ -136,8 +180,7 @@ class GoogLeNetSmall(nn.Module):
         common = conv_settings(self)
         x = ConvBNAct(scaled(192, self.width), 3, name="stem", **common)(x, train)
         keep(feats, "stem", x)
-        stages = (("3a", "3b"), ("4a",))
-        for s, names in enumerate(stages, start=1):
+        for s, names in enumerate(_GOOGLENET_SMALL_STAGES, start=1):
             for name in names:
                 widths = [scaled(c, self.width) for c in GOOGLENET_WIDTHS[name]]
                 x = Inception(*widths, name=f"inception{name}", **common)(x, train)

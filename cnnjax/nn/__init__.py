@@ -2,6 +2,7 @@
 
 from cnnjax.nn import initializers
 from cnnjax.nn._inception import BRANCHES as INCEPTION_BRANCHES
+from cnnjax.nn._inception import INPUT_CONVS as INCEPTION_INPUT_CONVS
 from cnnjax.nn._inception import Inception
 from cnnjax.nn._layers import (
     AvgPool,
@@ -15,6 +16,7 @@ from cnnjax.nn._layers import (
 
 __all__ = [
     "INCEPTION_BRANCHES",
+    "INCEPTION_INPUT_CONVS",
     "AvgPool",
     "Conv",
     "ConvBNAct",

@@ -11,6 +11,8 @@ from cnnjax import ops
 from cnnjax.nn._layers import ConvBNAct
 
 BRANCHES = ("1x1", "3x3", "5x5", "pool")  # in the order they are concatenated
+# The convolutions that read a module's input (the pool projection after its 3x3 max-pool).
+INPUT_CONVS = ("branch1x1", "branch3x3_reduce", "branch5x5_reduce", "pool_proj")
 
 
 class Inception(nn.Module):

@@ -16,6 +16,7 @@ from ml_collections import config_dict
 
 from cnnjax import models
 from cnnjax.errors import ConfigError
+from cnnjax.train import groups
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -156,6 +157,14 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
     c.allow_config_change = False
 
 
+# The parameter-group fields (cnnjax.train.groups) and whether their items carry a value.
+GROUP_FIELDS = (
+    ("frozen", False),
+    ("lr_multipliers", True),
+    ("train_epochs", True),
+    ("muon_params", False),
+)
+
 _CHOICES = {
     "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("piecewise", "cosine", "constant", "linear"),
@@ -292,6 +301,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             'or "none" with `input="stream"`.'
         )
     profile_range(config.profile_steps)
+    for field, with_values in GROUP_FIELDS:  # their syntax; whether they match is for build
+        groups.parse_items(config[field], field, with_values)
     check_model_config(config, config.image_size or 32)
 
 

@@ -18,6 +18,7 @@ import optax
 
 from cnnjax.errors import ConfigError
 from cnnjax.train import groups
+from cnnjax.train.config import GROUP_FIELDS
 
 FROZEN, MUON = "frozen", "muon"
 
@@ -187,12 +188,7 @@ def make_optimizer(
 def check_groups(config, params) -> None:
     """Raises ConfigError for a group pattern that selects nothing, or Muon asked for
     parameters that are not convolution kernels."""
-    for field, with_values in (
-        ("frozen", False),
-        ("lr_multipliers", True),
-        ("train_epochs", True),
-        ("muon_params", False),
-    ):
+    for field, with_values in GROUP_FIELDS:
         items = groups.parse_items(config[field], field, with_values)
         groups.check_all_match(params, items, field)
     if config.optimizer != "muon":
