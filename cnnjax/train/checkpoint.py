@@ -129,10 +129,11 @@ class Checkpoints:
         self._writing = None
 
     def _failed(self, err: BaseException):
-        step, last = self._writing
+        step, last = self._writing or (None, self.latest_step())
         self._writing = None
+        what = "a checkpoint" if step is None else f"checkpoint {step}"
         raise CheckpointError(
-            f"could not write checkpoint {step} to {self.directory}: {_reason(err)}; the last "
+            f"could not write {what} to {self.directory}: {_reason(err)}; the last "
             f"good checkpoint is {last if last is not None else 'none (none was written)'}."
         ) from None
 
