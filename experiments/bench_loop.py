@@ -3,15 +3,16 @@
     python -m experiments.bench_loop                 # the tiny model: what is left is the loop
     python -m experiments.bench_loop --repeats=5 --steps=2000
 
-Trains a network so small that its step costs almost nothing (All-CNN-A at width 1/16 on 8×8
-digits, batch 16) with the real loop, in a fresh workdir per run, with the progress bar on
-and off and a log row every step and every ``--log_every`` steps; evaluation and checkpoints
-only at the end. Its per-step time is the run's ``steps_seconds + log_seconds``
+Trains a network so small that its step costs almost nothing (All-CNN-A at width 1/16 on
+12×12 digits, batch 16) with the real loop, in a fresh workdir per run, with the progress bar
+on and off and a log row every step and every ``--log_every`` steps; evaluation and
+checkpoints only at the end. Its per-step time is the run's ``steps_seconds + log_seconds``
 (``timing.json``) over its steps, compilation excluded. The step itself is timed as the same
-compiled step dispatched back to back (the host never waits), the fastest any loop can drive
-it; the loop's overhead is the difference, in microseconds. Each figure is the median of
-``--repeats`` runs; the progress bar draws to a terminal-like sink (``os.devnull``) so that
-it is drawn as on a terminal.
+compiled step dispatched back to back (nothing between the steps), the fastest any loop can
+drive it; the loop's overhead is the difference, in microseconds. The settings' runs and the
+step alone are interleaved ``--repeats`` times; each figure is the median over the repeats
+(the overhead: of the per-repeat differences). The progress bar draws to a terminal-like
+sink (``os.devnull``), so that it does the work it does on a terminal.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ flags.DEFINE_integer("steps_in_flight", None, "Override config.steps_in_flight."
 
 
 def tiny_config(steps: int, log_every: int, progress: bool):
-    """All-CNN-A, width 1/16, 12×12 digits, batch 16, ``steps`` steps in one epoch's worth
-    of evaluation and checkpointing (both at the end only)."""
+    """All-CNN-A, width 1/16, 12×12 digits, batch 16, ``steps`` steps; evaluation and
+    checkpoints only at the end."""
     c = allcnn.get_config("quick")
     c.update(dict(model="all_cnn_a", width=1 / 16, image_size=12, crop_padding=0, batch_size=16))
     steps_per_epoch = 1294 // c.batch_size  # digits' training split after the held-out 10 %
