@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 
 from experiments import _runs
 from experiments.configs.ablation import ABLATIONS
 
 
-def run_ablations(config) -> dict[str, list[dict]]:
-    """Trains (or reuses) every run; returns each ablation's results, one per seed."""
+def runs(config) -> list[_runs.Run]:
+    """Every (ablation, seed): the train config with that one piece removed."""
     from cnnjax.errors import ConfigError
-    from cnnjax.train import train_and_evaluate
 
-    out = {}
-    for name in (n.strip() for n in config.ablations.split(",") if n.strip()):
+    out = []
+    for name in _runs.split_list(config.ablations):
         if name not in ABLATIONS:
             raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}.")
-        out[name] = []
         for seed in range(config.seeds):
             train = config.train.copy_and_resolve_references()
             train.update(ABLATIONS[name][1])
             train.seed = seed
             workdir = os.path.join(config.out_dir, "runs", f"{name}_seed{seed}")
-            _runs.prepare_workdir(workdir, train)
-            print(f"== {name}  seed={seed}  -> {workdir}", flush=True)
-            results = train_and_evaluate(train, workdir)
-            if "stopped_at_step" in results:
-                sys.exit("ablation interrupted; run the same command again to resume.")
-            out[name].append(results)
+            out.append(_runs.Run(f"{name}  seed={seed}", workdir, train, dict(ablation=name)))
+    return out
+
+
+def run_ablations(config) -> dict[str, list[dict]]:
+    """Trains (or reuses) every run; returns each ablation's results, one per seed."""
+    out: dict[str, list[dict]] = {}
+    for record in _runs.train_runs(runs(config)):
+        out.setdefault(record["ablation"], []).append(record["results"])
     return out
 
 

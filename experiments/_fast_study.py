@@ -1,4 +1,4 @@
-"""The fast-network study's measurements, table and plots (``pool_vs_stride.py:fast``).
+"""The fast-network study's runs, measurements, table and plots (``experiments/fast_study.py``).
 
 Per variant: accuracy with and without test-time augmentation (mean ± std over seeds), the
 paired difference to ``pool`` (same seed, hence same initialisation draws and data order) with
@@ -9,12 +9,11 @@ of up to 4 px, and accuracy when every image is moved by 1, 2 and 4 px.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 
-from experiments import _bench
+from experiments import _pool_vs_stride, _runs
 
 
 def t_quantile(dof: int) -> float:
@@ -33,26 +32,28 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def translation(workdir: str) -> dict[str, float]:
-    """The run's shift measurements on its validation split, computed once and kept in
-    ``translation.json`` (the run's checkpoint is what they describe)."""
-    path = os.path.join(workdir, "translation.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    from cnnjax.train import load_run, translation_report
+    """The run's shift measurements on its held-out split (kept in ``translation.json`` by the
+    runner)."""
+    from cnnjax.train import translation_report
 
-    _, engine, state, data = load_run(workdir)
-    split = data.splits["validation" if "validation" in data.splits else "test"]
-    report = translation_report(engine.fns, state, split.images, split.labels)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+    _, engine, state, split = _runs.held_out(workdir)
+    return translation_report(engine.fns, state, split.images, split.labels)
+
+
+def train(config) -> list[dict]:
+    """Trains (or reuses) the study's runs, each with its shift measurements."""
+    return _runs.train_runs(_pool_vs_stride.runs(config), {"translation": translation})
 
 
 def _model(variant: str, train, **extra):
-    from cnnjax import models
+    """The variant's model as its runs built it (the training config with the variant's
+    ``downsample``), in float32, with ``extra`` model fields: for its geometry and FLOPs."""
+    from cnnjax.train.config import build_model
 
-    return models.get_model(train.model, downsample=variant, width=train.width, **extra)
+    config = train.copy_and_resolve_references()
+    config.downsample, config.compute_dtype = variant, "float32"
+    config.model_kwargs.update(extra)
+    return build_model(config, num_classes=10)
 
 
 def _input_shape(train) -> tuple[int, int, int]:
@@ -170,34 +171,29 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 
 def plot(records: list[dict], out_dir: str) -> list[str]:
+    """Validation accuracy against epoch and against training time (mean over seeds), and
+    shift consistency against TTA accuracy, one point per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     variants = list(dict.fromkeys(r["variant"] for r in records))
-    colors = {v: f"C{i}" for i, v in enumerate(variants)}
+    accuracy = lambda e: 100 * e["val_accuracy"]
     paths = []
-    for name, xkey, xlabel in (
+    for name, x, xlabel in (
         ("accuracy_vs_epoch.png", "epoch", "epoch"),
         ("accuracy_vs_time.png", "elapsed_seconds", "training seconds"),
     ):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for v in variants:
-            runs = [r for r in records if r["variant"] == v]
-            n = min(len(r["epochs"]) for r in runs)
-            xs = np.mean([[e[xkey] for e in r["epochs"][:n]] for r in runs], axis=0)
-            ys = np.mean([[100 * e["val_accuracy"] for e in r["epochs"][:n]] for r in runs], 0)
-            ax.plot(xs, ys, marker="o", markersize=3, color=colors[v], label=v)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy (%), mean over seeds")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, name))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        curves = {
+            v: _runs.mean_curve([r for r in records if r["variant"] == v], x, accuracy)
+            for v in variants
+        }
+        paths.append(
+            _runs.line_plot(os.path.join(out_dir, name), curves, xlabel,
+                            "validation accuracy (%), mean over seeds")
+        )  # fmt: skip
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}  # the line plots' colours
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in records:
         ax.scatter(_best(r), 100 * r["translation"]["consistency"], color=colors[r["variant"]])
@@ -208,21 +204,12 @@ def plot(records: list[dict], out_dir: str) -> list[str]:
     ax.set_title("one point per run")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "consistency_vs_accuracy.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_runs.save_figure(fig, os.path.join(out_dir, "consistency_vs_accuracy.png")))
     return paths
 
 
 def write_outputs(config, records: list[dict]) -> dict:
+    """``table.md``, ``table.csv``, ``study.json`` and the plots in ``config.out_dir``."""
     rows = summarize(config, records)
-    out_dir = config.out_dir
-    os.makedirs(out_dir, exist_ok=True)
-    table = _bench.markdown_table(HEADER, table_rows(rows))
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(table + "\n")
-    _bench.write_csv(os.path.join(out_dir, "table.csv"), HEADER, table_rows(rows))
-    with open(os.path.join(out_dir, "study.json"), "w") as f:
-        json.dump({"config": json.loads(config.to_json_best_effort()), "rows": rows}, f, indent=2)
-    return {"table": table, "out_dir": out_dir, "plots": plot(records, out_dir)}
+    table = _runs.write_study(config, HEADER, table_rows(rows), rows)
+    return {"table": table, "out_dir": config.out_dir, "plots": plot(records, config.out_dir)}

@@ -11,12 +11,10 @@ training time.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _ablation, _bench
+from experiments import _ablation, _runs
 from experiments._cli import parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -30,13 +28,8 @@ def main(argv):
     quiet_unless_verbose()
     config = FLAGS.config
     results = _ablation.run_ablations(config)
-    rows = _ablation.table_rows(results)
-    table = _bench.markdown_table(_ablation.HEADER, rows)
-    os.makedirs(config.out_dir, exist_ok=True)
-    with open(os.path.join(config.out_dir, "table.md"), "w") as f:
-        f.write(table + "\n")
-    _bench.write_csv(os.path.join(config.out_dir, "table.csv"), _ablation.HEADER, rows)
-    print("\n" + table)
+    table = _runs.write_table(config.out_dir, _ablation.HEADER, _ablation.table_rows(results))
+    _runs.print_results(dict(table=table, out_dir=config.out_dir, plots=[]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from experiments import feature_maps, pool_vs_stride
+from experiments import _feature_maps, _pool_vs_stride, _runs
 from experiments._cli import quiet_unless_verbose
 from experiments.configs import pool_vs_stride as study_configs
 
@@ -36,15 +36,15 @@ def main(argv):
     if FLAGS.epochs is not None:
         config.train.num_epochs = FLAGS.epochs
         config.train.warmup_epochs = min(config.train.warmup_epochs, FLAGS.epochs)
-    records = pool_vs_stride.run_study(config)
-    out = pool_vs_stride.write_outputs(config, records)
-    pool = pool_vs_stride.run_dir(config.out_dir, "model_c", config.train.learning_rate, 0)
-    stride = pool_vs_stride.run_dir(config.out_dir, "all_cnn_c", config.train.learning_rate, 0)
+    records = _runs.train_runs(_pool_vs_stride.runs(config))
+    out = _pool_vs_stride.write_outputs(config, records)
+    pool = _pool_vs_stride.run_dir(config.out_dir, "model_c", config.train.learning_rate, 0)
+    stride = _pool_vs_stride.run_dir(config.out_dir, "all_cnn_c", config.train.learning_rate, 0)
     figures = list(out["plots"])
     if os.path.isdir(pool) and os.path.isdir(stride):
-        runs = [feature_maps.run_features(w, 3) for w in (pool, stride)]
+        runs = [_feature_maps.run_features(w, 3) for w in (pool, stride)]
         figures.append(os.path.join(config.out_dir, "feature_maps_model_c_vs_all_cnn_c.png"))
-        feature_maps.draw(runs, figures[-1], channels=6)
+        _feature_maps.draw(runs, figures[-1], channels=6)
     print("\n" + out["table"] + "\n")
     print(f"results in {os.path.abspath(config.out_dir)}:")
     for name in ["table.md", "table.csv", *map(os.path.basename, figures)]:

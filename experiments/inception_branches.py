@@ -11,14 +11,12 @@ beside the run).
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _bench, _inception_branches, _runs
+from experiments import _inception_branches, _runs
 from experiments._cli import fail, parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -35,7 +33,6 @@ def main(argv):
     del argv
     quiet_unless_verbose()
     from cnnjax.errors import CnnjaxError
-    from cnnjax.train import load_run, train_and_evaluate
 
     config = FLAGS.config
     if FLAGS.out_dir:
@@ -48,15 +45,12 @@ def main(argv):
     try:
         if workdir is None:
             workdir = os.path.join(config.out_dir, "run")
-            _runs.prepare_workdir(workdir, config.train)
-            if "stopped_at_step" in train_and_evaluate(config.train, workdir):
-                sys.exit("interrupted; run the same command again to resume.")
-        train, engine, state, data = load_run(workdir)
+            _runs.train_runs([_runs.Run(config.train.model, workdir, config.train)])
+        train, engine, state, split = _runs.held_out(workdir)
     except CnnjaxError as err:
         fail(err)
     if train.model != "googlenet_small":
         fail(f"{workdir} trained {train.model!r}; this analysis reads googlenet_small's modules.")
-    split = data.splits["validation" if "validation" in data.splits else "test"]
     n = min(config.eval_images, len(split))
     model = engine.fns.model
     images, labels = _runs.subset(split, n)
@@ -66,15 +60,14 @@ def main(argv):
     # Beside the analysed run unless an out_dir was asked for.
     out_dir = workdir if FLAGS.workdir and not FLAGS.out_dir else config.out_dir
     os.makedirs(out_dir, exist_ok=True)
-    rows = _inception_branches.table_rows(report)
-    table = _bench.markdown_table(_inception_branches.HEADER, rows)
-    with open(os.path.join(out_dir, "branches.md"), "w") as f:
-        f.write(f"accuracy on {n} held-out images: {100 * report['accuracy']:.1f} %\n\n{table}\n")
-    _bench.write_csv(os.path.join(out_dir, "branches.csv"), _inception_branches.HEADER, rows)
-    with open(os.path.join(out_dir, "branches.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    accuracy = f"accuracy on {n} held-out images: {100 * report['accuracy']:.1f} %"
+    table = _runs.write_table(
+        out_dir, _inception_branches.HEADER, _inception_branches.table_rows(report),
+        name="branches", preface=f"{accuracy}\n\n",
+    )  # fmt: skip
+    _runs.write_json(os.path.join(out_dir, "branches.json"), report)
     _inception_branches.plot(report, os.path.join(out_dir, "branches.png"))
-    print(f"accuracy {100 * report['accuracy']:.1f} % on {n} held-out images\n\n{table}")
+    print(f"{accuracy}\n\n{table}")
 
 
 if __name__ == "__main__":

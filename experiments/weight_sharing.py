@@ -11,12 +11,10 @@ held-out image is moved by 0-4 px.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _bench, _weight_sharing
+from experiments import _runs, _weight_sharing
 from experiments._cli import parse_flags, quiet_unless_verbose
 
 FLAGS = flags.FLAGS
@@ -36,12 +34,9 @@ def main(argv):
         config.out_dir = FLAGS.out_dir
     records = _weight_sharing.run_all(config)
     header, rows = _weight_sharing.summarize(config, records)
-    table = _bench.markdown_table(header, rows)
-    with open(os.path.join(config.out_dir, "table.md"), "w") as f:
-        f.write(table + "\n")
-    _bench.write_csv(os.path.join(config.out_dir, "table.csv"), header, rows)
-    _weight_sharing.plot(config, records)
-    print("\n" + table)
+    table = _runs.write_table(config.out_dir, header, rows)
+    plots = _weight_sharing.plot(config, records)
+    _runs.print_results(dict(table=table, out_dir=config.out_dir, plots=plots))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import _fast_study, feature_maps, pool_vs_stride
+from experiments import _fast_study, _feature_maps, _pool_vs_stride, _runs
+from experiments.configs import fast_study as fast_configs
 from experiments.configs import pool_vs_stride as study_configs
 from tests import reference as ref
 
@@ -55,14 +56,14 @@ def study(tmp_path_factory):
     config = study_configs.get_config("quick")
     config.update(dict(out_dir=out_dir, **STUDY_OVERRIDES))
     config.train.update(STUDY_TRAIN)
-    records = pool_vs_stride.run_study(config)
+    records = _runs.train_runs(_pool_vs_stride.runs(config))
     # A second learning rate of each variant, made from the real records with other accuracies
     # (lower for model_c, higher for all_cnn_c): choosing the best rate is bookkeeping.
     for r, delta in zip(list(records), (-0.05, 0.05), strict=True):
         copy = json.loads(json.dumps(r))
         copy["lr"], copy["results"]["val_accuracy"] = 0.001, r["results"]["val_accuracy"] + delta
         records.insert(records.index(r) + 1, copy)
-    return config, records, pool_vs_stride.write_outputs(config, records)
+    return config, records, _pool_vs_stride.write_outputs(config, records)
 
 
 def test_study_writes_table_and_plots(study):
@@ -82,7 +83,7 @@ def test_study_writes_table_and_plots(study):
         # Springenberg et al., Table 3: Model C 9.74 %, All-CNN-C 9.08 %.
         paper = {"model_c": "9.74", "all_cnn_c": "9.08"}[r["model"]]
         assert r["paper CIFAR-10 error (%)"] == paper
-    best = {r["variant"]: r for r in pool_vs_stride.summarize(records)}
+    best = {r["variant"]: r for r in _pool_vs_stride.summarize(records)}
     for variant in ("model_c", "all_cnn_c"):
         accs = {r["lr"]: r["results"]["val_accuracy"] for r in records if r["variant"] == variant}
         assert best[variant]["lr"] == max(accs, key=accs.get)
@@ -116,7 +117,7 @@ def test_make_demo_runs_end_to_end_and_leaves_its_table_and_figures(tmp_path):
 
 def test_study_reuses_finished_runs(study, capsys):
     config, records, _ = study
-    again = pool_vs_stride.run_study(config)
+    again = _runs.train_runs(_pool_vs_stride.runs(config))
     assert "==" not in capsys.readouterr().out  # nothing was trained again
     real = [r for r in records if r["lr"] == 0.003]  # the fixture's made-up rate aside
     assert [r["results"] for r in again] == [r["results"] for r in real]
@@ -125,13 +126,13 @@ def test_study_reuses_finished_runs(study, capsys):
 def test_feature_maps_side_by_side(study, tmp_path):
     _, records, _ = study
     pool, stride = (r["workdir"] for r in records if r["lr"] == 0.003)
-    runs = [feature_maps.run_features(w, 2) for w in (pool, stride)]
+    runs = [_feature_maps.run_features(w, 2) for w in (pool, stride)]
     name, kernel, _, stages = runs[1]
     assert name == "all_cnn_c" and kernel.shape[:2] == (3, 3)
     assert list(stages) == ["conv1", "down1", "down2"]
     assert stages["down1"].shape[1:3] == (8, 8) and stages["down2"].shape[1:3] == (4, 4)
     path = str(tmp_path / "maps.png")
-    feature_maps.draw(runs, path, channels=4)
+    _feature_maps.draw(runs, path, channels=4)
     assert _png_ok(path)
 
 
@@ -187,12 +188,12 @@ def test_scaling_program_times_both_paths_on_each_device_count(tmp_path):
 
 @pytest.fixture(scope="module")
 def fast_study(tmp_path_factory):
-    config = study_configs.get_config("fast_quick")
+    config = fast_configs.get_config("quick")
     config.out_dir = str(tmp_path_factory.mktemp("fast_study"))
     config.variants = "pool,stride"
     config.seeds = 1  # the second seed's bookkeeping is tested on records made from these
     config.train.update(dict(num_epochs=2.0, warmup_epochs=0.5, progress=False))
-    records = pool_vs_stride.run_study(config)
+    records = _fast_study.train(config)
     return config, records, _fast_study.write_outputs(config, records)
 
 
@@ -234,13 +235,13 @@ def test_fast_study_pairs_seeds(fast_study):
 
 def test_fast_study_retrains_a_run_whose_config_changed(fast_study, capsys):
     config, records, _ = fast_study
-    again = pool_vs_stride.run_study(config)
+    again = _fast_study.train(config)
     assert "==" not in capsys.readouterr().out  # the same config: nothing trained again
     assert [r["results"] for r in again] == [r["results"] for r in records]
     changed = config.copy_and_resolve_references()
     changed.variants = "stride"
     changed.train.label_smoothing = 0.1
-    pool_vs_stride.run_study(changed)
+    _fast_study.train(changed)
     out = capsys.readouterr().out
     assert "its config changed since it ran; moved to" in out
     assert "== stride  lr=" in out  # and trained again

@@ -291,6 +291,13 @@ def test_one_step_in_bfloat16_keeps_float32_parameters():
         ("steps_in_flight", 0, r"`config.steps_in_flight` must be at least 1"),
         ("lr_multipliers", "*bias=abc", r"`config.lr_multipliers`: 'abc' in '\*bias=abc' is not"),
         ("frozen", "whiten/kernel=1", r"`config.frozen` takes comma-separated items of the form"),
+        # A pattern that selects nothing (a typo) is found on the model traced before loading.
+        ("lr_multipliers", "*bais=2", r"`config.lr_multipliers`: the pattern '\*bais' matches no"),
+        ("model_kwargs", {"activaton": "gelu"}, r"`config.model_kwargs` names activaton, which"),
+        ("model_kwargs", {"width": 2.0}, r"`config.model_kwargs` sets width, which the config"),
+        ("model_kwargs", {"num_classes": 3}, r"`config.model_kwargs` sets num_classes; the"),
+        ("model_kwargs", {"activation": "tanh"}, r"`activation` must be one of \('relu', 'gelu'"),
+        ("model_kwargs", "gelu", r"`config.model_kwargs` must be a dict of model fields"),
         ("profile_steps", "5:5", r'`config.profile_steps` must be "A:B" with whole numbers'),
         ("image_size", 3, r"on 3x3 images, the size `image_size` or the dataset gives\): `w` is"),
         ("model", "resnet", r"`config.model` must be one of airbench94, all_cnn_a, "),

@@ -36,7 +36,9 @@ def augment_params(key: jax.Array, n: int, crop_padding: int = 4, flip: bool = T
     augmentation as a single device.
     """
     k_crop, k_flip = jax.random.split(key)
-    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * crop_padding + 1)
+    # int32 explicitly: the same draws whether or not 64-bit types are on (JAX's default
+    # integer is int64 then, drawn from other bits).
+    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * crop_padding + 1, dtype=jnp.int32)
     flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else jnp.zeros((n,), bool)
     return offsets, flips
 
@@ -63,7 +65,7 @@ def apply_augment(
             if mode == "reflect"
             else jnp.pad(images, widths)
         )
-        crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
+        crop = lambda im, o: lax.dynamic_slice(im, (o[0], o[1], jnp.zeros_like(o[0])), (h, w, c))
         images = jax.vmap(crop)(padded, offsets)
     return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
 

@@ -52,7 +52,7 @@ class AllCNN(nn.Module):
     """All-CNN family member. ``__call__(x, train=False, return_features=False)``.
 
     Input (N, H, W, C) with H, W ≥ 28 (the VALID 3×3 head needs a 3×3 map after two
-    halvings); output logits (N, num_classes), float32.
+    halvings); output logits (N, num_classes), float32 (float64 when the layers compute in it).
     """
 
     base: str = "c"
@@ -111,5 +111,7 @@ class AllCNN(nn.Module):
         x = conv(x, 3, c, padding="VALID")
         x = conv(x, 1, c)
         x = conv(x, 1, self.num_classes, relu=self.head_relu, name="class_map")
-        logits = keep(feats, "logits", jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+        # Logits in at least float32 (bfloat16 maps are averaged in float32; float64 stays).
+        x = x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
+        logits = keep(feats, "logits", jnp.mean(x, axis=(1, 2)))
         return (logits, feats) if return_features else logits

@@ -190,10 +190,19 @@ def stream_spec(
     )
 
 
-def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | None = None) -> Engine:
+def build_engine(
+    config,
+    dataset: Dataset,
+    norm: Normalization,
+    mesh: Mesh | None = None,
+    parsed: groups.ParamGroups | None = None,
+) -> Engine:
     """The compiled steps of ``config`` on ``dataset``: over a device mesh (``parallel="jit"``,
-    the default) or under ``jax.pmap`` (``parallel="pmap"``)."""
+    the default) or under ``jax.pmap`` (``parallel="pmap"``). ``parsed``: the config's
+    parameter groups as :func:`cnnjax.train.validate_config` returned them (parsed here when
+    not given)."""
     mesh = mesh or parallel.make_mesh(config.num_devices)
+    parsed = parsed or groups.parse_groups(config)
     # A dataset without a training split is one to evaluate on: one batch stands in for it.
     num_train = len(dataset.splits["train"]) if "train" in dataset.splits else config.batch_size
     if num_train < config.batch_size:
@@ -214,7 +223,7 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
         flip=config.flip,
         flip_mode=config.flip_mode,
         total_steps=total_steps(config, steps_per_epoch),
-        frozen=groups.parse_items(config.frozen, "frozen", with_values=False),
+        frozen=parsed.frozen,
         lookahead_every=config.lookahead_every,
         lookahead_decay=config.lookahead_decay,
         ema_decay=config.ema_decay,
@@ -222,10 +231,10 @@ def build_engine(config, dataset: Dataset, norm: Normalization, mesh: Mesh | Non
     )
     if config.image_size is None:  # validate_config checked the size it asks for
         check_model_config(config, min(dataset.image_shape[:2]))
-    tx, schedule = make_optimizer(config, steps_per_epoch, cfg.total_steps)
+    tx, schedule = make_optimizer(config, steps_per_epoch, cfg.total_steps, parsed)
     model = build_model(config, dataset.num_classes)
     fns = make_step_fns(model, tx, schedule, cfg, dataset.image_shape)
-    check_groups(config, jax.eval_shape(fns.init).params)
+    check_groups(config, parsed, jax.eval_shape(fns.init).params)
     if config.parallel == "pmap":
         from cnnjax.train.pmap import pmap_engine
 

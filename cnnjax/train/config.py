@@ -6,6 +6,7 @@ listed here is rejected with the list of valid keys.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -60,6 +61,9 @@ def _model_fields(c: ml_collections.ConfigDict) -> None:
     c.downsample = config_dict.placeholder(str)
     c.activation = config_dict.placeholder(str)  # e.g. "gelu" (All-CNN family; default ReLU)
     c.aux_logits = config_dict.placeholder(bool)  # googlenet: its two auxiliary classifiers
+    # Any other field of the model's class, by name (a config file's
+    # `c.model_kwargs = dict(logit_scale=1 / 256)`); checked against the model's fields.
+    c.model_kwargs = ml_collections.ConfigDict()
     c.backend = "xla"  # convolution backend of every layer: see cnnjax.ops.conv
     c.compute_dtype = "float32"  # or "bfloat16": mixed precision with float32 parameters
 
@@ -157,14 +161,6 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
     c.allow_config_change = False
 
 
-# The parameter-group fields (cnnjax.train.groups) and whether their items carry a value.
-GROUP_FIELDS = (
-    ("frozen", False),
-    ("lr_multipliers", True),
-    ("train_epochs", True),
-    ("muon_params", False),
-)
-
 _CHOICES = {
     "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("piecewise", "cosine", "constant", "linear"),
@@ -228,6 +224,7 @@ _KINDS = {
     float: "a number",
     str: "a string",
     tuple: "a list of numbers",
+    ml_collections.ConfigDict: "a dict of model fields",
 }
 
 
@@ -263,8 +260,28 @@ def _check_range(key: str, value) -> None:
         raise ConfigError(f"`config.{key}` must be {lower}{upper}, got {value!r}.")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every field before anything is loaded or compiled.
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A checked config's structured string fields as values (what :func:`validate_config`
+    returns, so that nothing downstream parses them again).
+
+    Attributes:
+      groups: the parameter-group fields (``frozen``, ``lr_multipliers``, ``train_epochs``,
+        ``muon_params``).
+      profile: ``profile_steps`` as (first, stop), or None.
+    """
+
+    groups: groups.ParamGroups
+    profile: tuple[int, int] | None
+
+
+def validate_config(config: ml_collections.ConfigDict) -> Parsed:
+    """Checks every field before anything is loaded or compiled: types, choices, ranges, the
+    model (built and traced on one image, no compilation) and the parameter-group patterns
+    (each must select one of its parameters).
+
+    Returns:
+      the structured fields, parsed (:class:`Parsed`).
 
     Raises:
       ConfigError: naming the field and what it accepts (unknown keys list the valid ones).
@@ -300,10 +317,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             '`config.preprocess="gcn_zca"` transforms the whole split in memory: use "standardize" '
             'or "none" with `input="stream"`.'
         )
-    profile_range(config.profile_steps)
-    for field, with_values in GROUP_FIELDS:  # their syntax; whether they match is for build
-        groups.parse_items(config[field], field, with_values)
-    check_model_config(config, config.image_size or 32)
+    parsed = Parsed(groups.parse_groups(config), profile_range(config.profile_steps))
+    check_model_config(config, config.image_size or 32, parsed.groups)
+    return parsed
 
 
 def profile_range(text: str) -> tuple[int, int] | None:
@@ -323,9 +339,12 @@ def profile_range(text: str) -> tuple[int, int] | None:
     )
 
 
-def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:
+def check_model_config(
+    config: ml_collections.ConfigDict, image_size: int, parsed: groups.ParamGroups | None = None
+) -> None:
     """Builds the configured model and traces it on one ``image_size`` image (no compilation),
-    so that a model setting it cannot use fails now, naming the setting."""
+    so that a model setting it cannot use fails now, naming the setting; with ``parsed``, also
+    that every group pattern selects one of the model's parameters."""
     if config.model not in models.list_models():
         raise ConfigError(
             f"`config.model` must be one of {', '.join(models.list_models())}; "
@@ -338,15 +357,38 @@ def check_model_config(config: ml_collections.ConfigDict, image_size: int) -> No
                 f"`config.{key}` does not apply to model {config.model!r}; leave it unset "
                 f"(the model's settings: {', '.join(fields)})."
             )
+    kwargs = set(config.model_kwargs)
+    unknown = sorted(kwargs - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"`config.model_kwargs` names {', '.join(unknown)}, which model {config.model!r} "
+            f"does not have; its fields: {', '.join(fields)}."
+        )
+    twice = sorted(
+        kwargs & {k for k in (*_MODEL_OVERRIDES, *_SET_BY_CONFIG) if config[k] is not None}
+    )
+    if twice:
+        raise ConfigError(
+            f"`config.model_kwargs` sets {', '.join(twice)}, which the config sets as "
+            f"`config.{twice[0]}`; set each in one place."
+        )
+    derived = sorted(kwargs & {"num_classes", "dtype"})
+    if derived:
+        raise ConfigError(
+            f"`config.model_kwargs` sets {', '.join(derived)}; the dataset gives `num_classes` "
+            "and `config.compute_dtype` the `dtype`."
+        )
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     try:
         model = build_model(config, num_classes=10)
-        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     except ValueError as err:
         raise ConfigError(
             f"model {config.model!r} cannot be built from this config (traced on "
             f"{image_size}x{image_size} images, the size `image_size` or the dataset gives): {err}"
         ) from None
+    if parsed is not None:  # the names do not depend on the image or the number of classes
+        groups.check_groups_match(variables["params"], parsed)
 
 
 # Config fields passed to the model when set (None keeps the model's own default).
@@ -360,14 +402,18 @@ _MODEL_OVERRIDES = (
 )
 
 
+# Config fields every model receives (the model's own `num_classes` comes from the data).
+_SET_BY_CONFIG = ("width", "backend")
+
+
 def build_model(config, num_classes: int):
-    """The configured registry model, with the overrides the config sets."""
-    overrides: dict[str, Any] = dict(
-        num_classes=num_classes, width=config.width, backend=config.backend
-    )
+    """The configured registry model: the config's model fields, then ``model_kwargs``."""
+    overrides: dict[str, Any] = dict(num_classes=num_classes)
+    overrides.update({key: config[key] for key in _SET_BY_CONFIG})
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
     for key in _MODEL_OVERRIDES:
         if config[key] is not None:
             overrides[key] = config[key]
+    overrides.update(config.model_kwargs.to_dict())
     return models.get_model(config.model, **overrides)

@@ -8,12 +8,56 @@ they can be given on the command line (``--config.frozen=whiten/kernel``).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from typing import Any
 
 import jax
 
 from cnnjax.errors import ConfigError
+
+Items = tuple[tuple[str, float], ...]
+
+# The config's parameter-group fields and whether their items carry a value.
+FIELDS = (
+    ("frozen", False),
+    ("lr_multipliers", True),
+    ("train_epochs", True),
+    ("muon_params", False),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroups:
+    """A config's parameter-group fields, parsed once (:func:`parse_groups`): each a tuple of
+    ``(glob pattern, value)`` in the config's order (value 1.0 where items carry none).
+
+    Attributes:
+      frozen: parameters that get no gradient and never change.
+      lr_multipliers: the learning rate's multiple per group.
+      train_epochs: the epoch at which a group stops training.
+      muon_params: what Muon optimises (empty: every trainable convolution kernel).
+    """
+
+    frozen: Items = ()
+    lr_multipliers: Items = ()
+    train_epochs: Items = ()
+    muon_params: Items = ()
+
+
+def parse_groups(config) -> ParamGroups:
+    """The config's group strings as :class:`ParamGroups`.
+
+    Raises:
+      ConfigError: an item that is not ``pattern`` or ``pattern=number`` as its field takes.
+    """
+    return ParamGroups(**{f: parse_items(config[f], f, values) for f, values in FIELDS})
+
+
+def check_groups_match(params, parsed: ParamGroups) -> None:
+    """Raises ConfigError for a pattern of any group field that matches no parameter."""
+    for field, _ in FIELDS:
+        check_all_match(params, getattr(parsed, field), field)
 
 
 def param_paths(params) -> Any:
@@ -23,7 +67,7 @@ def param_paths(params) -> Any:
     )
 
 
-def parse_items(text: str, field: str, with_values: bool) -> tuple[tuple[str, float], ...]:
+def parse_items(text: str, field: str, with_values: bool) -> Items:
     """``"a=1,b=2"`` -> ((a, 1.0), (b, 2.0)); without values ``"a,b"`` -> ((a, 1.0), (b, 1.0))."""
     items = []
     for item in (part.strip() for part in text.split(",")):
@@ -45,7 +89,7 @@ def parse_items(text: str, field: str, with_values: bool) -> tuple[tuple[str, fl
     return tuple(items)
 
 
-def lookup(path: str, items: tuple[tuple[str, float], ...]) -> float | None:
+def lookup(path: str, items: Items) -> float | None:
     """The value of the first pattern that matches ``path``, or None."""
     for pattern, value in items:
         if fnmatch.fnmatchcase(path, pattern):
@@ -53,12 +97,12 @@ def lookup(path: str, items: tuple[tuple[str, float], ...]) -> float | None:
     return None
 
 
-def mask(params, items: tuple[tuple[str, float], ...]) -> Any:
+def mask(params, items: Items) -> Any:
     """A tree of bools like ``params``: True where some pattern matches."""
     return jax.tree.map(lambda p: lookup(p, items) is not None, param_paths(params))
 
 
-def check_all_match(params, items: tuple[tuple[str, float], ...], field: str) -> None:
+def check_all_match(params, items: Items, field: str) -> None:
     """Raises ConfigError for a pattern that matches no parameter (a typo would otherwise
     silently train everything as usual)."""
     paths = jax.tree.leaves(param_paths(params))

@@ -32,7 +32,7 @@ from cnnjax.errors import DataError
 from cnnjax.train import workdir as workdir_lib
 from cnnjax.train.build import build_engine, choose_input, initial_state, load_data, stream_spec
 from cnnjax.train.checkpoint import Checkpoints
-from cnnjax.train.config import profile_range, validate_config
+from cnnjax.train.config import validate_config
 from cnnjax.train.engine import Engine, eval_batches, evaluate_batches
 from cnnjax.train.feed import DeviceFeed, StreamFeed, evaluate_stream
 from cnnjax.train.meter import Meter, process_age
@@ -44,7 +44,7 @@ from cnnjax.train.step import TrainState, unseen_views
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
     entered, before_run = time.perf_counter(), _before_first_run()
-    validate_config(config)
+    parsed = validate_config(config)
     lead = jax.process_index() == 0  # multi-host: process 0 locks and writes the records
     if lead:
         workdir_lib.prepare(workdir)
@@ -61,7 +61,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if lead:
             resuming = _has_checkpoints(checkpoint_dir)
             workdir_lib.save_data_info(workdir, dataset, norm, source, resuming)
-        engine = build_engine(config, dataset, norm)  # model and compiled steps
+        engine = build_engine(config, dataset, norm, parsed=parsed.groups)  # compiled steps
         stream = source == "stream"
         with Checkpoints(checkpoint_dir, config.keep_checkpoints, with_input=stream) as ckpts:
             latest, saved_input = ckpts.latest_step(), None
@@ -72,7 +72,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 saved_input = ckpts.restore_input(latest) if stream else None
             run = _Run(config, workdir, engine, dataset, ckpts, lead, time.perf_counter())
             run.data_seconds, run.input_line = data_seconds, f"input: {source} ({why})"
-            run.before_run_seconds = before_run
+            run.before_run_seconds, run.profile = before_run, parsed.profile
             run.setup_seconds = run.started - entered - data_seconds
             run.saved_input = saved_input
             if run.start(state):
@@ -126,6 +126,7 @@ class _Run:
     saved_input: dict | None = None  # the input state of the checkpoint resumed from
     feed: DeviceFeed | StreamFeed | None = None
     eval_data: dict[str, list] = dataclasses.field(default_factory=dict)  # split -> batches
+    profile: tuple[int, int] | None = None  # the steps to trace (config.profile_steps)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -410,7 +411,7 @@ class _Trace:
     finished on the device."""
 
     def __init__(self, run: _Run):
-        self.span = profile_range(run.config.profile_steps)
+        self.span = run.profile
         self.directory, self.tracing = os.path.join(run.workdir, "profile"), False
 
     def around(self, step: int):

@@ -18,7 +18,6 @@ import optax
 
 from cnnjax.errors import ConfigError
 from cnnjax.train import groups
-from cnnjax.train.config import GROUP_FIELDS
 
 FROZEN, MUON = "frozen", "muon"
 
@@ -137,22 +136,21 @@ def _muon_tx(config, steps_per_epoch: int, total: int) -> optax.GradientTransfor
     )
 
 
-def param_labels(config) -> Callable[[Any], Any]:
+def param_labels(config, parsed: groups.ParamGroups) -> Callable[[Any], Any]:
     """The group label of every parameter, as a function of the parameter tree."""
-    frozen = groups.parse_items(config.frozen, "frozen", with_values=False)
-    factors = groups.parse_items(config.lr_multipliers, "lr_multipliers", with_values=True)
-    epochs = groups.parse_items(config.train_epochs, "train_epochs", with_values=True)
-    muon = groups.parse_items(config.muon_params, "muon_params", with_values=False)
 
     def label(path: str, p) -> str:
-        if groups.lookup(path, frozen) is not None:
+        if groups.lookup(path, parsed.frozen) is not None:
             return FROZEN
+        muon = parsed.muon_params
         if config.optimizer == "muon" and (
             groups.lookup(path, muon) is not None if muon else p.ndim == 4
         ):
             return MUON
-        factor = groups.lookup(path, factors)
-        return _group_key(1.0 if factor is None else factor, groups.lookup(path, epochs))
+        factor = groups.lookup(path, parsed.lr_multipliers)
+        return _group_key(
+            1.0 if factor is None else factor, groups.lookup(path, parsed.train_epochs)
+        )
 
     return lambda params: jax.tree.map(label, groups.param_paths(params), params)
 
@@ -163,16 +161,17 @@ def _group_key(factor: float, until: float | None) -> str:
 
 
 def make_optimizer(
-    config, steps_per_epoch: int, total: int | None = None
+    config, steps_per_epoch: int, total: int | None = None, parsed: groups.ParamGroups | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The configured transformation over all parameter groups, and the base schedule."""
+    """The configured transformation over all parameter groups (``parsed``: the config's
+    group fields, parsed here when not given), and the base schedule."""
+    parsed = parsed or groups.parse_groups(config)
     total = total or total_steps(config, steps_per_epoch)
     lr, decay = config.learning_rate, config.weight_decay
     if config.hyper_form == "per_1024":
         lr, decay = decoupled_hyperparameters(lr, decay, config.momentum, config.batch_size)
     schedule = make_schedule(config, steps_per_epoch, total, lr)
-    factors = groups.parse_items(config.lr_multipliers, "lr_multipliers", with_values=True)
-    epochs = groups.parse_items(config.train_epochs, "train_epochs", with_values=True)
+    factors, epochs = parsed.lr_multipliers, parsed.train_epochs
     transforms = {FROZEN: optax.set_to_zero()}
     if config.optimizer == "muon":
         transforms[MUON] = _muon_tx(config, steps_per_epoch, total)
@@ -181,19 +180,17 @@ def make_optimizer(
             end = None if until is None else round(until * steps_per_epoch)
             transforms[_group_key(factor, until)] = _group_tx(config, schedule, decay, factor, end)
     parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
-    parts.append(optax.multi_transform(transforms, param_labels(config)))
+    parts.append(optax.multi_transform(transforms, param_labels(config, parsed)))
     return optax.chain(*parts), schedule
 
 
-def check_groups(config, params) -> None:
+def check_groups(config, parsed: groups.ParamGroups, params) -> None:
     """Raises ConfigError for a group pattern that selects nothing, or Muon asked for
     parameters that are not convolution kernels."""
-    for field, with_values in GROUP_FIELDS:
-        items = groups.parse_items(config[field], field, with_values)
-        groups.check_all_match(params, items, field)
+    groups.check_groups_match(params, parsed)
     if config.optimizer != "muon":
         return
-    labels = param_labels(config)(params)
+    labels = param_labels(config, parsed)(params)
     chosen = [
         (path, p)
         for path, p, label in zip(

@@ -19,13 +19,6 @@ Variants:
          about two and a half hours).
   paper  the paper's recipe (350 epochs, SGD, lr grid 0.25/0.1/0.05/0.01, GCN + ZCA, no
          BatchNorm) for the twelve variants of models A, B and C. Meant for accelerators.
-  fast   airbench94 on the CIFAR-10 image folder with each downsampling (pool, avgpool,
-         stride, extra_stride, blurpool) x 3 seeds, 4 epochs of the fast recipe: under three
-         hours on 2 CPU cores. Adds shift consistency and shifted accuracy to the table.
-  fast_gpu     the same with the full recipe (9.9 epochs, bfloat16) and 10 seeds, for an
-               accelerator: 6.8 minutes on one H100 as five processes, one per variant
-               (--config.variants=pool, ...), then once with all five to write the table.
-  fast_quick   the fast study on digits in minutes (2 seeds), for tests.
   imagenet     ResNet-18's downsampling (standard: the stem pools and the stages stride;
                pool; stride; blurpool) on the ImageNet recipe's :quick folder (write it first
                with ``python -m experiments.make_image_folder``), 2 seeds, top-1 and top-5:
@@ -33,14 +26,15 @@ Variants:
   imagenet_gpu the same question at scale: ResNet-50 on ImageNet with flax's recipe
                (``imagenet.py:gpu``, bfloat16), one seed per variant; set
                ``--config.train.data_dir`` to the prepared TFDS data.
+
+The fast network's study is its own program and config: ``experiments/configs/fast_study.py``.
 """
 
 import ml_collections
 
-from experiments.configs import airbench, allcnn, imagenet
+from experiments.configs import allcnn, imagenet
 
 C_VARIANTS = "model_c,strided_cnn_c,convpool_cnn_c,all_cnn_c"
-FAST_VARIANTS = "pool,avgpool,stride,extra_stride,blurpool"
 IMAGENET_VARIANTS = "standard,pool,stride,blurpool"
 
 
@@ -51,7 +45,6 @@ def get_config(arg: str | None = None):
     c.seeds = 2
     c.learning_rates = ""
     c.out_dir = "results/pool_vs_stride"
-    c.translation = False  # also measure shift consistency and shifted accuracy per run
     arg = arg or "quick"
     if arg == "quick":
         c.train = allcnn.get_config("quick")
@@ -77,32 +70,19 @@ def get_config(arg: str | None = None):
         c.learning_rates = "0.25,0.1,0.05,0.01"
         c.seeds = 1
         c.out_dir = "results/pool_vs_stride_paper"
-    elif arg in ("fast", "fast_gpu", "fast_quick"):
-        c.variant_field = "downsample"
-        c.variants = FAST_VARIANTS
-        c.translation = True
-        c.train = airbench.get_config({"fast": None, "fast_gpu": "gpu", "fast_quick": "quick"}[arg])
-        c.seeds = 3
-        c.out_dir = f"results/pool_vs_stride_{arg}"
-        if arg == "fast":
-            # A shortened schedule (4 of 9.9 epochs) keeps 5 variants x 3 seeds within three
-            # hours on 2 CPU cores (4.5 epochs took 3.2); the README measures what it costs
-            # against the full recipe.
-            c.train.num_epochs = 4.0
-            c.train.warmup_epochs = 0.23 * 4.0
-        elif arg == "fast_gpu":
-            c.seeds = 10
-        else:
-            c.seeds = 2
     elif arg in ("imagenet", "imagenet_gpu"):
         c.variant_field = "downsample"
         c.variants = IMAGENET_VARIANTS
         c.train = imagenet.get_config("quick" if arg == "imagenet" else "gpu")
         c.seeds = 2 if arg == "imagenet" else 1
         c.out_dir = f"results/pool_vs_stride_{arg}"
+    elif arg.startswith("fast"):
+        raise ValueError(
+            f"the fast-network study is its own program now: python -m experiments.fast_study "
+            f"--config=experiments/configs/fast_study.py:{arg[5:]} (same runs, same out_dir)."
+        )
     else:
         raise ValueError(
-            f"unknown study {arg!r}; use 'quick', 'cpu', 'paper', 'fast', 'fast_gpu', "
-            "'fast_quick', 'imagenet' or 'imagenet_gpu'."
+            f"unknown study {arg!r}; use 'quick', 'cpu', 'paper', 'imagenet' or 'imagenet_gpu'."
         )
     return c
