@@ -440,3 +440,27 @@ def test_a_muon_run_learns_and_resumes_bit_identically(tmp_path):
     assert muon_states and int(muon_states[0].count) == 20
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_muon_recipe_has_airbench94_muons_head():
+    # airbench94_muon draws its head, rescales it to standard deviation 1 and divides the
+    # logits by the head's 256 inputs; airbench94's head (fan-in init, x 1/9) made the recipe
+    # diverge within ten steps on CIFAR-10.
+    from cnnjax.train.config import build_model
+
+    config = airbench.get_config("muon")
+    train.validate_config(config)
+    model = build_model(config, num_classes=10)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))  # the smallest it takes
+    variables = model.init(jax.random.key(0), x)
+    kernel = np.asarray(variables["params"]["head"]["kernel"], np.float64)
+    assert kernel.shape == (256, 10)
+    # The float32 rescale: the standard deviation of 2,560 numbers summed pairwise, one
+    # division and one product, each within (log2 2560 + 3) 2^-24 = 9e-7 relative.
+    assert abs(kernel.std() - 1.0) <= 3 * 9e-7
+    logits, feats = model.apply(variables, x, return_features=True)
+    pooled = np.asarray(feats["pooled"], np.float64)
+    want = pooled @ kernel / 256
+    # A float32 dot product of 256 terms: within gamma_256 sum |x||w| (Higham), then / 256.
+    bound = 256 * 2.0**-24 / (1 - 256 * 2.0**-24) * (np.abs(pooled) @ np.abs(kernel)) / 256
+    assert np.all(np.abs(np.asarray(logits, np.float64) - want) <= bound + 2.0**-24 * np.abs(want))

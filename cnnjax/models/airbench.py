@@ -6,7 +6,8 @@
     block×3  conv 3×3 -> downsample -> BatchNorm -> GELU -> conv 3×3 -> BatchNorm -> GELU,
              widths 64, 256, 256 (× ``width``)
     pool     max over the last map (airbench's 3×3 max-pool on its 3×3 map)
-    head     linear, no bias; logits × ``logit_scale`` (1/9)
+    head     linear, no bias; logits × ``logit_scale`` (1/9); airbench94_muon's head starts at
+             standard deviation 1 (``head_std``) and scales by 1/256 (one over its width)
 
 Convolutions have no bias and start as a partial identity (:func:`cnnjax.nn.initializers.
 partial_identity`); BatchNorm has no scale (airbench freezes it at 1), momentum 0.6, eps 1e-12.
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from cnnjax import ops
 from cnnjax.models._common import check_downsample, check_input, keep, scaled
 from cnnjax.nn import Conv
-from cnnjax.nn.initializers import partial_identity, uniform_fan_in
+from cnnjax.nn.initializers import partial_identity, uniform_fan_in, with_std
 
 DOWNSAMPLE = ("pool", "avgpool", "stride", "extra_stride", "blurpool")
 WIDTHS = (64, 256, 256)
@@ -49,6 +50,7 @@ class AirBench94(nn.Module):
     downsample: str = "pool"
     whiten_kernel: int = 2  # 2·k·k·C patch-whitening filters: 24 for RGB input
     logit_scale: float = 1 / 9
+    head_std: float | None = None  # the head's initial weights rescaled to this std (None: fan-in)
     bn_momentum: float = 0.6
     bn_epsilon: float = 1e-12
     bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm statistics
@@ -113,7 +115,7 @@ class AirBench94(nn.Module):
             use_bias=False,
             dtype=jnp.float32,
             param_dtype=self.param_dtype,
-            kernel_init=uniform_fan_in(),
+            kernel_init=uniform_fan_in() if self.head_std is None else with_std(self.head_std),
             name="head",
         )
         logits = keep(feats, "logits", head(pooled) * self.logit_scale)

@@ -26,6 +26,18 @@ def uniform_fan_in() -> Initializer:
     return init
 
 
+def with_std(std: float, base: Initializer | None = None) -> Initializer:
+    """``base`` (default :func:`uniform_fan_in`) rescaled so that the drawn tensor's own
+    standard deviation is ``std`` (airbench94_muon's head: ``w *= 1 / w.std()``)."""
+    base = base or uniform_fan_in()
+
+    def init(key, shape, dtype=jnp.float32):
+        w = base(key, shape, dtype)
+        return w * (std / jnp.std(w))
+
+    return init
+
+
 def partial_identity(base: Initializer | None = None) -> Initializer:
     """``base`` (default :func:`uniform_fan_in`) with its first ``min(Cin, Cout)`` output
     channels replaced by the identity ("dirac"): output channel i copies input channel i through
