@@ -82,8 +82,7 @@ def kept(path: str, measure: Callable[[str], Any], workdir: str) -> Any:
         with open(path) as f:
             return json.load(f)
     value = measure(workdir)
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
+    write_json(path, value)
     return value
 
 

@@ -59,7 +59,6 @@ def main(argv):
     )
     # Beside the analysed run unless an out_dir was asked for.
     out_dir = workdir if FLAGS.workdir and not FLAGS.out_dir else config.out_dir
-    os.makedirs(out_dir, exist_ok=True)
     accuracy = f"accuracy on {n} held-out images: {100 * report['accuracy']:.1f} %"
     table = _runs.write_table(
         out_dir, _inception_branches.HEADER, _inception_branches.table_rows(report),
